@@ -1,0 +1,57 @@
+"""The engine's exceptions.
+
+Expected failures of a step (a mutator that exits 1, a scorer that prints garbage) are
+values (a ``crash`` record), not exceptions.  Exceptions are for the environment or the
+input being wrong; ``cli.py`` catches ``LoopError`` once.
+"""
+
+from __future__ import annotations
+
+
+class LoopError(Exception):
+    """Base class: a problem the engine reports as a crash with ``crash_kind``."""
+
+    crash_kind = "internal"
+
+
+class TaskError(LoopError):
+    """A task file that cannot be read or does not validate.
+
+    The message names the file and the dotted field:
+    ``tasks/x/task.yaml: runner.timeout_secs: unknown key (did you mean timeout_seconds?)``
+    """
+
+    crash_kind = "config"
+
+
+class RepoStateError(LoopError):
+    """The repository is in a state where no faithful sandbox can be made."""
+
+    crash_kind = "sandbox"
+
+
+class SandboxError(LoopError):
+    """The sandbox could not be made, reset or removed."""
+
+    crash_kind = "sandbox"
+
+
+class GitError(LoopError):
+    """A git command the engine needs failed; the message shows command and output."""
+
+    crash_kind = "internal"
+
+
+class Interrupted(BaseException):  # noqa: N818 - mirrors KeyboardInterrupt
+    """SIGINT or SIGTERM arrived; carries the signal number.
+
+    A ``BaseException`` so that no ``except Exception`` on the way swallows it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
