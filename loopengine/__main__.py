@@ -1,0 +1,3 @@
+from loopengine.cli import main
+
+main()

@@ -1,0 +1,395 @@
+"""``run_iteration()``: the only place that knows the order of the steps.
+
+    load task -> snapshot baseline -> sandbox -> mutator (or patch) -> validate
+    -> runner -> scorer -> decide -> (keep: sync + commit) -> remove sandbox -> record
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loopengine import decide as decide_mod
+from loopengine import diff as diff_mod
+from loopengine import git, recovery, sandbox, score, sync
+from loopengine.errors import Interrupted, LoopError
+from loopengine.process import StepResult, log_tail, run_step, step_env
+from loopengine.progress import Reporter
+from loopengine.results import (
+    DEFAULT_RESULTS,
+    Baseline,
+    Record,
+    iso_utc,
+    load_baseline,
+    locked,
+    new_run_id,
+    run_dir,
+    save_record,
+    store_baseline,
+)
+from loopengine.signals import SignalGuard
+from loopengine.task import Step, Task, load_task
+
+
+@dataclass(frozen=True)
+class Options:
+    task_path: str
+    repo_root: Path
+    patch_file: Path | None = None
+    keep_sandbox: bool = False
+    reporter: Reporter = field(default_factory=Reporter)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    record: Record
+    exit_code: int
+    message: str | None = None  # one line for stderr, for crashes the user must fix
+
+
+class StepCrash(LoopError):
+    """A step or check failed: ends the iteration as a ``crash`` record."""
+
+    def __init__(self, kind: str, reason: str, tail: str | None = None) -> None:
+        super().__init__(reason)
+        self.crash_kind = kind
+        self.tail = tail
+
+
+class Verdict(Exception):
+    """Ends the iteration early with a decision (a discard by a rule)."""
+
+    def __init__(self, decision: decide_mod.Decision) -> None:
+        super().__init__(decision.reason)
+        self.decision = decision
+
+
+def run_iteration(opts: Options) -> Outcome:
+    it = _Iteration(opts)
+    with SignalGuard() as guard:
+        it.guard = guard
+        try:
+            it.iterate()
+        except Verdict as v:
+            it.decision = v.decision
+        except Interrupted as exc:
+            it.crash("interrupted", f"interrupted by {guard.name(exc.signum)}")
+        except StepCrash as exc:
+            it.crash(exc.crash_kind, str(exc), exc.tail)
+        except LoopError as exc:
+            it.crash(exc.crash_kind, str(exc))
+            it.message = str(exc)
+        except Exception as exc:
+            it.crash("internal", f"internal error: {type(exc).__name__}: {exc}")
+            it.internal_traceback = traceback.format_exc()
+        finally:
+            with guard.deferred():
+                it.cleanup()
+        with guard.deferred():
+            record = it.finish()
+        signum = guard.received
+    if signum is not None:
+        return Outcome(record, 128 + signum, it.message)
+    return Outcome(record, 1 if record.status == "crash" else 0, it.message)
+
+
+class _Iteration:
+    """The state of one iteration; methods in the order they run."""
+
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.root = opts.repo_root
+        self.report = opts.reporter
+        self.started = dt.datetime.now(dt.UTC)
+        self.t0 = time.monotonic()
+        self.run_id = new_run_id(self.started)
+        self.run_dir = run_dir(self.root, self.run_id)
+        self.guard: SignalGuard | None = None
+        self.task: Task | None = None
+        self.repo: git.RepoInfo | None = None
+        self.sb: sandbox.Sandbox | None = None
+        self.deadline = self.t0
+        self.stats: diff_mod.DiffStats = diff_mod.EMPTY
+        self.decision: decide_mod.Decision | None = None
+        self.score: float | None = None
+        self.metrics: dict[str, Any] = {}
+        self.baseline: Baseline | None = None
+        self.stored: Baseline | None = None
+        self.start_state: dict[str, str] = {}
+        self.commit: str | None = None
+        self.tail: str | None = None
+        self.message: str | None = None
+        self.internal_traceback: str | None = None
+        self.extra: dict[str, Any] = {}
+        self.alive = recovery.Alive(self.root, self.run_id)
+
+    # -- the order of the steps -------------------------------------------------
+
+    def iterate(self) -> None:
+        self.alive.claim()
+        recovery.clean_leftovers(self.root, self.run_id)
+        self.task = load_task(self.opts.task_path, self.root)
+        self.alive.note_task(self.task.id, self.task.results_path)
+        self.deadline = self.t0 + self.task.max_seconds
+        self.repo = git.repo_info(self.root)
+        overlay = self.check_repo_state()
+        self.snapshot_baseline()
+        self.make_sandbox(overlay)
+        if self.opts.patch_file is not None:
+            self.apply_patch(self.opts.patch_file)
+        else:
+            self.run("mutator", self.task.mutator)
+        frozen = self.validate()
+        self.run("runner", self.task.runner)
+        stdout = self.run("scorer", self.task.scorer, capture=True)
+        self.score, self.metrics = self.parse_score(stdout)
+        self.recheck_artifacts(frozen)
+        self.decision = decide_mod.decide(
+            score=self.score,
+            baseline=self.baseline.score if self.baseline else None,
+            direction=self.task.direction,
+            min_improvement=self.task.policy.min_improvement,
+            constraints=self.task.constraints,
+            metrics=self.metrics,
+            has_change=bool(self.stats.files),
+            keep_when_no_baseline=self.task.policy.keep_when_no_baseline,
+        )
+        if self.decision.status == "crash":
+            raise StepCrash(self.decision.crash_kind or "scorer", self.decision.reason)
+        assert self.guard is not None
+        with self.guard.deferred():
+            self.conclude()
+
+    # -- before the sandbox -----------------------------------------------------
+
+    def check_repo_state(self) -> list[str]:
+        """Refuse a repository mid-merge or with a half-staged artifact; list the overlay."""
+        assert self.repo is not None and self.task is not None
+        if not self.repo.is_git:
+            return []
+        assert self.repo.git_dir is not None
+        busy = git.operation_in_progress(self.repo.git_dir)
+        if busy:
+            raise StepCrash("sandbox", f"the repository is in the middle of {busy}; "
+                            "finish or abort it first")
+        if self.repo.head is None:
+            return []
+        entries = sandbox.main_status(self.repo)
+        for xy, path in entries:
+            if xy[0] not in " ?" and xy[1] != " " and sync.match_artifact(self.task, path):
+                raise StepCrash("sandbox", f"{path}: the artifact's staged content differs "
+                                "from its working-tree content; stage or unstage it first")
+        return [path for _, path in entries]
+
+    def snapshot_baseline(self) -> None:
+        assert self.task is not None
+        self.start_state = sync.artifact_state(self.root, self.task)
+        self.stored = load_baseline(self.root, self.task.id)
+        if self.stored is not None and self.stored.artifacts == sync.digest(self.start_state):
+            self.baseline = self.stored
+
+    def make_sandbox(self, overlay: list[str]) -> None:
+        assert self.repo is not None
+        self.report.phase("sandbox")
+        self.sb = sandbox.create(self.repo, self.run_id, overlay)
+        self.alive.note_sandbox(self.sb)
+
+    # -- steps ------------------------------------------------------------------
+
+    def run(self, name: str, step: Step, capture: bool = False) -> str:
+        """Run one step in the sandbox; a crash when it fails; stdout when captured."""
+        assert self.task is not None and self.sb is not None
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise StepCrash("budget", f"budget.max_seconds ({self.task.max_seconds:g}s) was "
+                            f"used up before the {name} could start")
+        cwd = self.sb.tree / step.cwd
+        if not cwd.is_dir():
+            raise StepCrash("config", f"{name}.cwd: {step.cwd!r} does not exist in the sandbox")
+        timeout = min(step.timeout_seconds, remaining)
+        log = self.run_dir / f"{name}.log"
+        out = self.run_dir / f"{name}.stdout" if capture else None
+        env = step_env(os.environ, {
+            "LOOPENGINE_SANDBOX": str(self.sb.tree),
+            "LOOPENGINE_TASK_DIR": str(self.sb.tree / self.task.task_dir),
+            "LOOPENGINE_RUN_ID": self.run_id,
+        })
+        self.report.step_started(name)
+        result = run_step(name, step.command, cwd=cwd, env=env, timeout=timeout, log_path=log,
+                          stdout_path=out, on_line=self.report.line_callback(name))
+        self.report.step_finished(name, result)
+        self.check_step(name, step, result, timeout)
+        if out is None:
+            return ""
+        return out.read_bytes().decode("utf-8", "replace")
+
+    def check_step(self, name: str, step: Step, result: StepResult, timeout: float) -> None:
+        assert self.task is not None
+        if result.timed_out:
+            tail = log_tail(result.log_path)
+            if timeout < step.timeout_seconds:
+                raise StepCrash("budget", f"{name} was stopped after {timeout:.3g}s: "
+                                f"budget.max_seconds ({self.task.max_seconds:g}s) ran out", tail)
+            raise StepCrash("timeout", f"{name} timed out after {step.timeout_seconds:g}s "
+                            f"({name}.timeout_seconds)", tail)
+        if result.exit_code != 0:
+            code = result.exit_code
+            how = f"was killed by signal {-code}" if code is not None and code < 0 else \
+                f"exited with status {code}"
+            raise StepCrash(name, f"{name} {how}", log_tail(result.log_path))
+
+    def apply_patch(self, patch_file: Path) -> None:
+        assert self.sb is not None
+        self.report.step_started("mutator")
+        log = self.run_dir / "mutator.log"
+        proc = git.run(git.Context(self.sb.tree, git_dir=self.sb.tree / ".git",
+                                   work_tree=self.sb.tree),
+                       "apply", "--verbose", "--", str(patch_file.resolve()), check=False)
+        text = (proc.stdout + proc.stderr).decode("utf-8", "replace")
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(f"$ git apply {patch_file}\n{text}")
+        if proc.returncode != 0:
+            errors = [ln for ln in text.splitlines() if ln.startswith("error:")]
+            why = "; ".join(errors[:3]) or text.strip()[:300] or "git apply failed"
+            raise StepCrash("mutator", f"the patch {patch_file} does not apply: {why}",
+                            log_tail(log))
+
+    # -- validation and scoring -------------------------------------------------
+
+    def validate(self) -> dict[str, str]:
+        """Read the real diff; a violation ends the iteration as a discard."""
+        assert self.sb is not None and self.task is not None
+        self.report.phase("validate")
+        cand_tree = sandbox.snapshot(self.sb, "candidate")
+        self.cand_tree = cand_tree
+        self.stats = diff_mod.read_diff(self.sb.ctx, self.sb.start_tree, cand_tree)
+        if self.stats.files:
+            patch = self.run_dir / "candidate.patch"
+            patch.write_bytes(self.stats.patch)
+        found = diff_mod.violations(self.task, self.stats)
+        if found:
+            raise Verdict(decide_mod.Decision("discard", diff_mod.describe(found),
+                                              violations=found))
+        return sync.artifact_state(self.sb.tree, self.task)
+
+    def parse_score(self, stdout: str) -> tuple[float, dict[str, Any]]:
+        try:
+            return score.parse_output(stdout, self.task.parse)  # type: ignore[union-attr]
+        except score.ScoreError as exc:
+            raise StepCrash("scorer", str(exc), log_tail(self.run_dir / "scorer.log")) from exc
+
+    def recheck_artifacts(self, frozen: dict[str, str]) -> None:
+        """The runner or scorer must not have changed what was validated."""
+        assert self.sb is not None and self.task is not None
+        if sync.artifact_state(self.sb.tree, self.task) != frozen:
+            raise Verdict(decide_mod.Decision(
+                "discard", "an artifact changed after validation (by the runner or scorer); "
+                "the validated candidate is not what was scored"))
+
+    # -- decide and sync, under the lock ----------------------------------------
+
+    def conclude(self) -> None:
+        assert self.task is not None and self.decision is not None and self.score is not None
+        keep = self.decision.status == "keep"
+        records_baseline = keep or (self.baseline is None and not self.stats.files)
+        if not records_baseline:
+            return
+        with locked(self.root):
+            if load_baseline(self.root, self.task.id) != self.stored:
+                self.decision = decide_mod.Decision(
+                    "discard", "baseline changed during run; another iteration kept first")
+                return
+            if sync.artifact_state(self.root, self.task) != self.start_state:
+                self.decision = decide_mod.Decision(
+                    "discard", "the main tree's artifacts changed while the iteration ran")
+                return
+            if keep and self.stats.files:
+                self.sync()
+            state = sync.artifact_state(self.root, self.task)
+            store_baseline(self.root, self.task.id, Baseline(
+                score=self.score, artifacts=sync.digest(state), run_id=self.run_id))
+
+    def sync(self) -> None:
+        assert self.task is not None and self.repo is not None and self.sb is not None
+        self.report.phase("sync")
+        changes = list(self.stats.files)
+        sync.check_paths_inside(self.root, [f.path for f in changes])
+        commit_on_keep = self.task.policy.commit_on_keep and self.repo.is_git
+        if commit_on_keep:
+            made = sync.make_commit(self.repo, changes, self.commit_message())
+            if made is not None:
+                self.commit = made[0]
+        sync.write_files(self.root, self.sb.ctx, changes)
+        if commit_on_keep and self.commit is not None:
+            sync.update_user_index(self.repo, changes)
+
+    def commit_message(self) -> str:
+        assert self.task is not None and self.decision is not None
+        base = self.baseline.score if self.baseline else None
+        return (
+            f"loopengine({self.task.id}): keep {decide_mod.fmt(self.score)}\n\n"
+            f"{self.decision.reason}\n{self.stats.summary}\n\n"
+            f"Loopengine-Task: {self.task.id}\n"
+            f"Loopengine-Run: {self.run_id}\n"
+            f"Loopengine-Score: {decide_mod.fmt(self.score)}\n"
+            f"Loopengine-Baseline: {decide_mod.fmt(base)}\n"
+        )
+
+    # -- the end ----------------------------------------------------------------
+
+    def crash(self, kind: str, reason: str, tail: str | None = None) -> None:
+        if self.commit is not None:
+            return  # the keep is committed: that is the truth, whatever came after
+        self.decision = decide_mod.Decision("crash", reason, crash_kind=kind)
+        self.tail = tail
+
+    def cleanup(self) -> None:
+        if self.sb is None or self.repo is None:
+            return
+        if self.opts.keep_sandbox:
+            self.report.info(f"sandbox kept at {self.sb.tree}")
+            self.alive.note_kept()
+            return
+        sandbox.remove(self.sb, self.repo)
+        self.alive.note_removed()
+
+    def finish(self) -> Record:
+        decision = self.decision or decide_mod.Decision("crash", "no decision was reached",
+                                                        crash_kind="internal")
+        task = self.task
+        results_path = task.results_path if task else DEFAULT_RESULTS
+        if self.internal_traceback:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "engine.log").write_text(self.internal_traceback)
+        patch = self.run_dir / "candidate.patch"
+        record = Record(
+            task_id=task.id if task else None,
+            status=decision.status,
+            reason=decision.reason or decision.status,
+            candidate_score=self.score,
+            diff_summary=self.stats.summary,
+            run_id=self.run_id,
+            baseline_score=self.baseline.score if self.baseline else None,
+            metrics=self.metrics,
+            changed_files=self.stats.changed_files,
+            changed_lines=self.stats.changed_lines,
+            patch=patch.relative_to(self.root).as_posix() if patch.exists() else None,
+            commit=self.commit,
+            sandbox=self.sb.kind if self.sb else ("worktree" if self.repo and self.repo.head
+                                                  else "copy"),
+            started_at=iso_utc(self.started),
+            duration_seconds=round(time.monotonic() - self.t0, 3),
+            crash_kind=decision.crash_kind if decision.status == "crash" else None,
+            violations=decision.violations,
+            log_tail=self.tail if decision.status == "crash" else None,
+            extra=self.extra,
+        )
+        save_record(self.root, results_path, record)
+        self.alive.release()
+        self.report.finished(record)
+        return record

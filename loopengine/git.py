@@ -1,0 +1,268 @@
+"""The git calls the engine needs, with stable flags and a clean environment.
+
+Every call goes through :func:`run`: no inherited ``GIT_*`` variable can point git at
+another repository or index, and ``-c`` flags override whatever the user's configuration
+says about hooks, fsmonitor, colours, pagers, external diff drivers, line endings and
+signing, so the engine reads the same bytes under any configuration.  Plain ``git``
+processes are used rather than GitPython here: they are faster on the hot path and keep
+no ``cat-file`` process alive between calls.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from loopengine.errors import GitError
+
+GIT_TIMEOUT = 600.0
+NULL_SHA = "0" * 40
+
+# Applied to every call, whatever the user's configuration says.
+HARDENED_CONFIG = (
+    "core.hooksPath=/dev/null",
+    "core.fsmonitor=false",
+    "core.untrackedCache=false",
+    "core.quotePath=false",
+    "core.autocrlf=false",
+    "core.safecrlf=false",
+    "core.fileMode=true",
+    "core.symlinks=true",
+    "core.pager=cat",
+    "core.splitIndex=false",
+    "color.ui=false",
+    "diff.noprefix=false",
+    "diff.mnemonicPrefix=false",
+    "diff.external=",
+    "diff.renames=false",
+    "commit.gpgSign=false",
+    "tag.gpgSign=false",
+    "gc.auto=0",
+    "maintenance.auto=false",
+    "advice.detachedHead=false",
+    "protocol.file.allow=never",
+)
+
+# Inherited variables that would make git look at another repository, index or config.
+_DROPPED_PREFIXES = ("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_")
+_DROPPED = frozenset(
+    {
+        "GIT_DIR",
+        "GIT_WORK_TREE",
+        "GIT_INDEX_FILE",
+        "GIT_OBJECT_DIRECTORY",
+        "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+        "GIT_COMMON_DIR",
+        "GIT_NAMESPACE",
+        "GIT_PREFIX",
+        "GIT_CEILING_DIRECTORIES",
+        "GIT_DISCOVERY_ACROSS_FILESYSTEM",
+        "GIT_CONFIG",
+        "GIT_CONFIG_PARAMETERS",
+        "GIT_CONFIG_COUNT",
+        "GIT_QUARANTINE_PATH",
+        "GIT_REFLOG_ACTION",
+        "GIT_EXTERNAL_DIFF",
+        "GIT_DIFF_OPTS",
+        "GIT_PAGER",
+        "GIT_EDITOR",
+        "GIT_SEQUENCE_EDITOR",
+        "GIT_TRACE",
+        "GIT_TRACE2",
+        "GIT_TRACE2_EVENT",
+        "GIT_TRACE2_PERF",
+        "GIT_FLUSH",
+        "GIT_ASKPASS",
+        "GIT_SSH",
+        "GIT_SSH_COMMAND",
+    }
+)
+
+
+def clean_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: this process's environment) without git-steering variables."""
+    env = {
+        k: v
+        for k, v in (os.environ if base is None else base).items()
+        if k not in _DROPPED and not k.startswith(_DROPPED_PREFIXES)
+    }
+    env["GIT_TERMINAL_PROMPT"] = "0"
+    env["GIT_OPTIONAL_LOCKS"] = "0"
+    env["LC_ALL"] = "C"
+    env["LANGUAGE"] = "C"
+    return env
+
+
+_BASE_ENV: dict[str, str] | None = None
+
+
+def _env(index_file: Path | None, extra: Mapping[str, str] | None) -> dict[str, str]:
+    global _BASE_ENV
+    if _BASE_ENV is None:
+        _BASE_ENV = clean_env()
+    env = dict(_BASE_ENV)
+    if index_file is not None:
+        env["GIT_INDEX_FILE"] = str(index_file)
+    if extra:
+        env.update(extra)
+    return env
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where a git call looks: a directory, or an explicit git dir and work tree."""
+
+    cwd: Path
+    git_dir: Path | None = None
+    work_tree: Path | None = None
+    index_file: Path | None = None
+
+    def with_index(self, index_file: Path | None) -> Context:
+        return Context(self.cwd, self.git_dir, self.work_tree, index_file)
+
+
+def command(ctx: Context, args: Sequence[str]) -> list[str]:
+    cmd = ["git"]
+    for item in HARDENED_CONFIG:
+        cmd += ["-c", item]
+    if ctx.git_dir is not None:
+        cmd.append(f"--git-dir={ctx.git_dir}")
+    if ctx.work_tree is not None:
+        cmd.append(f"--work-tree={ctx.work_tree}")
+    cmd += list(args)
+    return cmd
+
+
+def run(
+    ctx: Context,
+    *args: str,
+    input: bytes | None = None,
+    check: bool = True,
+    env: Mapping[str, str] | None = None,
+    timeout: float = GIT_TIMEOUT,
+) -> subprocess.CompletedProcess[bytes]:
+    cmd = command(ctx, args)
+    try:
+        proc = subprocess.run(
+            cmd,
+            cwd=ctx.cwd,
+            input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
+            capture_output=True,
+            env=_env(ctx.index_file, env),
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise GitError(f"git {' '.join(args)}: timed out after {timeout:.0f}s") from exc
+    if check and proc.returncode != 0:
+        raise GitError(_describe(args, proc))
+    return proc
+
+
+def out(ctx: Context, *args: str, input: bytes | None = None) -> str:
+    """stdout of a successful call, decoded, with the final newline removed."""
+    return run(ctx, *args, input=input).stdout.decode("utf-8", "surrogateescape").rstrip("\n")
+
+
+def _describe(args: Sequence[str], proc: subprocess.CompletedProcess[bytes]) -> str:
+    lines = [f"git {' '.join(args)} failed with exit code {proc.returncode}"]
+    for name, data in (("stdout", proc.stdout), ("stderr", proc.stderr)):
+        text = data.decode("utf-8", "replace").strip()
+        if text:
+            lines.append(f"{name}: {text[-2000:]}")
+    return "\n".join(lines)
+
+
+def split_z(data: bytes) -> list[str]:
+    """Split ``-z`` output into paths (decoded losslessly)."""
+    return [p.decode("utf-8", "surrogateescape") for p in data.split(b"\0") if p]
+
+
+# ---------------------------------------------------------------------------
+# Repository discovery
+
+
+@dataclass(frozen=True)
+class RepoInfo:
+    """What the engine needs to know about the user's repository."""
+
+    root: Path
+    git_dir: Path | None  # this work tree's git dir (a linked worktree has its own)
+    common_dir: Path | None  # where objects, refs, config and hooks live
+    head: str | None  # sha of HEAD, None when unborn or not a repository
+    branch: str | None  # full ref name of the current branch, None when detached
+
+    @property
+    def is_git(self) -> bool:
+        return self.git_dir is not None
+
+    @property
+    def ctx(self) -> Context:
+        return Context(self.root)
+
+
+def toplevel(path: Path) -> Path | None:
+    proc = run(Context(path), "rev-parse", "--show-toplevel", check=False)
+    if proc.returncode != 0:
+        return None
+    return Path(proc.stdout.decode("utf-8", "surrogateescape").rstrip("\n"))
+
+
+def repo_info(root: Path) -> RepoInfo:
+    """Describe ``root``; a git repository only when ``root`` is its top level."""
+    proc = run(
+        Context(root),
+        "rev-parse",
+        "--show-toplevel",
+        "--absolute-git-dir",
+        "--git-common-dir",
+        check=False,
+    )
+    lines = proc.stdout.decode("utf-8", "surrogateescape").splitlines()
+    if proc.returncode != 0 or len(lines) < 3 or Path(lines[0]).resolve() != root.resolve():
+        return RepoInfo(root, None, None, None, None)
+    git_dir = Path(lines[1])
+    common = Path(lines[2])
+    if not common.is_absolute():
+        common = (root / common).resolve()
+    head_proc = run(Context(root), "rev-parse", "-q", "--verify", "HEAD^{commit}", check=False)
+    head = head_proc.stdout.decode().strip() if head_proc.returncode == 0 else None
+    ref_proc = run(Context(root), "symbolic-ref", "-q", "HEAD", check=False)
+    branch = ref_proc.stdout.decode().strip() if ref_proc.returncode == 0 else None
+    return RepoInfo(root, git_dir, common, head, branch)
+
+
+def operation_in_progress(git_dir: Path) -> str | None:
+    """The name of a merge, rebase, cherry-pick, revert or bisect under way, if any."""
+    markers = {
+        "MERGE_HEAD": "a merge",
+        "rebase-merge": "a rebase",
+        "rebase-apply": "a rebase",
+        "CHERRY_PICK_HEAD": "a cherry-pick",
+        "REVERT_HEAD": "a revert",
+    }
+    for name, what in markers.items():
+        if (git_dir / name).exists():
+            return what
+    return None
+
+
+def identity(ctx: Context) -> dict[str, str]:
+    """Author and committer for engine commits: the user's if configured, else a fixed one."""
+    proc = run(ctx, "config", "--get-regexp", r"^user\.(name|email)$", check=False)
+    found: dict[str, str] = {}
+    for line in proc.stdout.decode("utf-8", "replace").splitlines():
+        key, _, value = line.partition(" ")
+        found[key] = value
+    name = found.get("user.name") or "loopengine"
+    email = found.get("user.email") or "loopengine@localhost"
+    return {
+        "GIT_AUTHOR_NAME": name,
+        "GIT_AUTHOR_EMAIL": email,
+        "GIT_COMMITTER_NAME": name,
+        "GIT_COMMITTER_EMAIL": email,
+    }

@@ -1,0 +1,213 @@
+"""The record, ``results.jsonl``, ``work/runs/<run_id>/`` and the baseline store."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from loopengine.errors import LoopError
+
+WORK_DIR = "work"
+DEFAULT_RESULTS = "work/results.jsonl"
+LOCK_NAME = ".loopengine.lock"
+
+
+def new_run_id(now: dt.datetime | None = None) -> str:
+    """Unique, and sorts in start order: UTC time to the microsecond, then randomness."""
+    now = now or dt.datetime.now(dt.UTC)
+    return now.strftime("%Y%m%dT%H%M%S%fZ") + "-" + secrets.token_hex(3)
+
+
+def iso_utc(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Record:
+    """One iteration's outcome, field for field the contract's section 4."""
+
+    task_id: str | None
+    status: str
+    reason: str
+    candidate_score: float | None
+    diff_summary: str
+    run_id: str
+    baseline_score: float | None
+    metrics: dict[str, Any]
+    changed_files: list[str]
+    changed_lines: int
+    patch: str | None
+    commit: str | None
+    sandbox: str
+    started_at: str
+    duration_seconds: float
+    crash_kind: str | None
+    violations: list[dict[str, Any]]
+    log_tail: str | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        extra = data.pop("extra")
+        data.update(extra)
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(
+            self.to_dict(), ensure_ascii=False, separators=(",", ":"), allow_nan=False
+        )
+
+
+# ---------------------------------------------------------------------------
+# Locking and appending
+
+
+@contextlib.contextmanager
+def locked(root: Path, name: str = LOCK_NAME) -> Iterator[None]:
+    """Hold an exclusive lock on ``work/<name>`` for the block.
+
+    ``os.open`` gives a non-inheritable descriptor (PEP 446), so no step inherits it.
+    """
+    work = root / WORK_DIR
+    work.mkdir(parents=True, exist_ok=True)
+    fd = os.open(work / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line in one ``write`` with ``O_APPEND``, then fsync.
+
+    Call under :func:`locked`.  A torn last line left by a killed writer is ended first,
+    so it never merges with this record.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = line.rstrip("\n").encode("utf-8") + b"\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size:
+            with open(path, "rb") as fh:
+                fh.seek(size - 1)
+                if fh.read(1) != b"\n":
+                    data = b"\n" + data
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_records(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """The records in a results file and the number of damaged lines skipped."""
+    records: list[dict[str, Any]] = []
+    damaged = 0
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return records, 0
+    for line in raw.splitlines():
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError:
+            damaged += 1
+            continue
+        if isinstance(item, dict) and "status" in item and "run_id" in item:
+            records.append(item)
+        else:
+            damaged += 1
+    return records, damaged
+
+
+# ---------------------------------------------------------------------------
+# Run folders
+
+
+def run_dir(root: Path, run_id: str) -> Path:
+    return root / WORK_DIR / "runs" / run_id
+
+
+def save_record(root: Path, results_path: str, record: Record) -> None:
+    """``record.json`` in the run folder and one line in the results file, under the lock."""
+    line = record.to_json()
+    folder = run_dir(root, record.run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(folder / "record.json", (json.dumps(record.to_dict(), indent=2) + "\n").encode())
+    with locked(root):
+        append_line(root / results_path, line)
+
+
+# ---------------------------------------------------------------------------
+# The baseline store: one small JSON file per task, written atomically.
+
+
+class BaselineStoreError(LoopError):
+    crash_kind = "internal"
+
+
+@dataclass(frozen=True)
+class Baseline:
+    score: float
+    artifacts: str  # digest of the artifact content the score was measured on
+    run_id: str
+    fingerprint: str | None = None
+    scores: tuple[float, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["scores"] = list(self.scores)
+        return data
+
+
+def baseline_path(root: Path, task_id: str) -> Path:
+    return root / WORK_DIR / "baselines" / f"{task_id}.json"
+
+
+def load_baseline(root: Path, task_id: str) -> Baseline | None:
+    path = baseline_path(root, task_id)
+    try:
+        data = json.loads(path.read_bytes())
+        if data is None:
+            return None
+        return Baseline(
+            score=float(data["score"]),
+            artifacts=str(data["artifacts"]),
+            run_id=str(data["run_id"]),
+            fingerprint=data.get("fingerprint"),
+            scores=tuple(float(s) for s in data.get("scores", ())),
+        )
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError) as exc:
+        # A damaged store must never read as "no baseline": that would keep anything.
+        raise BaselineStoreError(
+            f"{path.relative_to(root)}: damaged baseline store ({exc}); "
+            "delete it to measure a new baseline"
+        ) from exc
+
+
+def store_baseline(root: Path, task_id: str, baseline: Baseline) -> None:
+    data = json.dumps(baseline.to_dict(), indent=2, allow_nan=False) + "\n"
+    write_atomic(baseline_path(root, task_id), data.encode())

@@ -1,0 +1,241 @@
+"""Make, snapshot and always remove the sandbox: a git worktree, or a full copy.
+
+Layout of one sandbox, all under one temporary folder ``base`` that removal deletes:
+
+    base/tree/          the candidate's working tree; steps run here
+    base/tree/.git/     a private repository for the steps (objects borrowed read-only
+                        from the main repository through ``alternates``), so that nothing
+                        a step does through git reaches the user's refs, config or hooks
+    base/*.index        the engine's own temporary indexes
+
+The engine itself reads the tree with an explicit ``--git-dir``/``--work-tree`` and a
+fresh temporary index, so nothing inside the tree can hide a change from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from loopengine import git
+from loopengine.errors import GitError, SandboxError
+from loopengine.results import locked
+
+RUNTIME_DIRS = ("work", ".venv", ".pytest_cache")
+EXCLUDES = tuple(f":(exclude,top){name}" for name in RUNTIME_DIRS)
+PREFIX = "loopengine-"
+ROOT_ENV = "LOOPENGINE_SANDBOX_ROOT"
+_SHM = Path("/dev/shm")
+_SHM_MIN_FREE = 2 << 30
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    kind: str  # "worktree" | "copy"
+    base: Path
+    tree: Path
+    ctx: git.Context  # how the engine reads the tree
+    admin_dir: Path | None  # the worktree's entry under the main .git/worktrees/
+    start_index: Path
+    start_tree: str
+    head: str | None
+
+    def index(self, name: str) -> Path:
+        return self.base / f"{name}.index"
+
+
+def sandbox_root() -> Path:
+    """``$LOOPENGINE_SANDBOX_ROOT``, else ``/dev/shm`` when usable, else the temp folder.
+
+    tmpfs avoids the slow, erratic inode allocation of a disk file system when a tree
+    of many files is made and deleted again and again.
+    """
+    configured = os.environ.get(ROOT_ENV)
+    if configured:
+        path = Path(configured)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    try:
+        st = os.statvfs(_SHM)
+        if (
+            os.access(_SHM, os.W_OK | os.X_OK)
+            and not st.f_flag & os.ST_NOEXEC
+            and st.f_bavail * st.f_frsize > _SHM_MIN_FREE
+        ):
+            return _SHM
+    except OSError:
+        pass
+    return Path(tempfile.gettempdir())
+
+
+def main_status(repo: git.RepoInfo) -> list[tuple[str, str]]:
+    """``(XY, path)`` for every path whose working-tree state differs from HEAD."""
+    data = git.run(
+        repo.ctx,
+        "status",
+        "--porcelain=v1",
+        "-z",
+        "--untracked-files=all",
+        "--no-renames",
+        "--ignore-submodules=all",
+        "--ignored=no",
+    ).stdout
+    entries = []
+    for item in data.split(b"\0"):
+        if len(item) > 3:
+            entries.append((item[:2].decode(), item[3:].decode("utf-8", "surrogateescape")))
+    return entries
+
+
+def _is_runtime(path: str) -> bool:
+    return path.split("/", 1)[0] in RUNTIME_DIRS
+
+
+def create(repo: git.RepoInfo, run_id: str, overlay: Iterable[str]) -> Sandbox:
+    """A sandbox matching the main tree; removes what it made if it fails half-way."""
+    base = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{run_id}-", dir=sandbox_root()))
+    (base / "owner").write_text(f"{repo.root}\n{run_id}\n")
+    try:
+        if repo.head is not None:
+            return _create_worktree(repo, base, overlay)
+        return _create_copy(repo, base)
+    except BaseException:
+        _remove_paths(base, None, repo)
+        raise
+
+
+def _create_worktree(repo: git.RepoInfo, base: Path, overlay: Iterable[str]) -> Sandbox:
+    assert repo.head is not None and repo.common_dir is not None
+    tree = base / "tree"
+    with locked(repo.root, ".worktree.lock"):
+        git.run(repo.ctx, "worktree", "add", "--detach", "--quiet", str(tree), repo.head)
+    link = (tree / ".git").read_text().strip()
+    if not link.startswith("gitdir:"):
+        raise SandboxError(f"unexpected worktree link in {tree / '.git'}: {link!r}")
+    admin = Path(link.removeprefix("gitdir:").strip())
+    ctx = git.Context(tree, git_dir=admin, work_tree=tree)
+    checked_out = admin / "index"
+    start_index = base / "start.index"
+    shutil.copyfile(checked_out, start_index)
+    paths = [p for p in overlay if not _is_runtime(p)]
+    _lay_overlay(repo.root, tree, paths)
+    _private_git(tree, repo.common_dir, head=repo.head, index=checked_out)
+    if paths:
+        start_tree = _write_tree(ctx.with_index(start_index))
+    else:
+        start_tree = git.out(repo.ctx, "rev-parse", f"{repo.head}^{{tree}}")
+    return Sandbox("worktree", base, tree, ctx, admin, start_index, start_tree, repo.head)
+
+
+def _create_copy(repo: git.RepoInfo, base: Path) -> Sandbox:
+    tree = base / "tree"
+    skip = {".git", *RUNTIME_DIRS}
+
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        return skip.intersection(names) if Path(folder) == repo.root else set()
+
+    shutil.copytree(repo.root, tree, symlinks=True, ignore=ignore)
+    if repo.is_git:
+        assert repo.common_dir is not None
+        ctx = git.Context(tree, git_dir=repo.common_dir, work_tree=tree)
+        _private_git(tree, repo.common_dir, head=None, branch=repo.branch)
+    else:
+        scratch = base / "engine.git"
+        git.run(git.Context(base), "init", "--bare", "--quiet", str(scratch))
+        ctx = git.Context(tree, git_dir=scratch, work_tree=tree)
+    start_index = base / "start.index"
+    start_tree = _write_tree(ctx.with_index(start_index))
+    return Sandbox("copy", base, tree, ctx, None, start_index, start_tree, None)
+
+
+def _lay_overlay(root: Path, tree: Path, paths: list[str]) -> None:
+    """Copy the main tree's uncommitted state over the checkout."""
+    for rel in paths:
+        if rel.endswith("/"):
+            continue  # an untracked nested repository: not part of this tree
+        src, dst = root / rel, tree / rel
+        if os.path.lexists(dst) or dst.is_symlink():
+            _unlink(dst)
+        if not os.path.lexists(src):
+            continue
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_symlink():
+            os.symlink(os.readlink(src), dst)
+        elif src.is_file():
+            shutil.copy2(src, dst)
+
+
+def _unlink(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _private_git(
+    tree: Path, common_dir: Path, *, head: str | None, index: Path | None = None,
+    branch: str | None = None,
+) -> None:
+    """Give the steps a repository of their own in place of the worktree link."""
+    dot_git = tree / ".git"
+    if dot_git.is_file() or dot_git.is_symlink():
+        dot_git.unlink()
+    (dot_git / "objects" / "info").mkdir(parents=True)
+    (dot_git / "refs" / "heads").mkdir(parents=True)
+    (dot_git / "refs" / "tags").mkdir()
+    (dot_git / "objects" / "info" / "alternates").write_text(f"{common_dir / 'objects'}\n")
+    (dot_git / "HEAD").write_text(f"{head}\n" if head else f"ref: {branch or 'refs/heads/main'}\n")
+    (dot_git / "config").write_text(
+        "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n"
+    )
+    if index is not None:
+        shutil.copyfile(index, dot_git / "index")
+
+
+def _write_tree(ctx: git.Context) -> str:
+    """Stage the whole tree (ignored files too: nothing may hide) and write a tree object."""
+    git.run(ctx, "add", "-A", "-f", "--", ".", *EXCLUDES)
+    return git.out(ctx, "write-tree")
+
+
+def snapshot(sb: Sandbox, name: str) -> str:
+    """The tree object of the sandbox as it is now, read with a fresh index."""
+    index = sb.index(name)
+    shutil.copyfile(sb.start_index, index)
+    try:
+        return _write_tree(sb.ctx.with_index(index))
+    except GitError as exc:
+        raise SandboxError(f"could not read the sandbox: {exc}") from exc
+
+
+def remove(sb: Sandbox, repo: git.RepoInfo) -> None:
+    _remove_paths(sb.base, sb.admin_dir, repo)
+
+
+def _remove_paths(base: Path, admin_dir: Path | None, repo: git.RepoInfo) -> None:
+    _rmtree(base)
+    if admin_dir is not None:
+        # Unregister exactly our worktree; never a global `git worktree prune`.
+        with locked(repo.root, ".worktree.lock"):
+            _rmtree(admin_dir)
+
+
+def _rmtree(path: Path) -> None:
+    def onerror(func: object, p: str, exc: object) -> None:
+        # A step may leave read-only folders behind; make them writable and retry.
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(p), stat.S_IRWXU)
+            if os.path.isdir(p) and not os.path.islink(p):
+                os.chmod(p, stat.S_IRWXU)
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                os.unlink(p)
+
+    if os.path.lexists(path):
+        shutil.rmtree(path, onerror=onerror)

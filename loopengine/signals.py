@@ -1,0 +1,62 @@
+"""SIGINT and SIGTERM: stop the running step at once, but never half-way through cleanup."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from types import FrameType, TracebackType
+from typing import Any
+
+from loopengine.errors import Interrupted
+
+HANDLED = (signal.SIGINT, signal.SIGTERM)
+
+
+class SignalGuard:
+    """Turns the first signal into ``Interrupted`` unless inside :meth:`deferred`.
+
+    Inside a deferred block (the keep's sync, cleanup, writing the record) a signal is
+    only noted; the block finishes and the caller exits with 128 + the signal number.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._depth = 0
+        self._raised = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> SignalGuard:
+        if threading.current_thread() is threading.main_thread():
+            for sig in HANDLED:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is None:
+            self.received = signum
+        if self._depth == 0 and not self._raised:
+            self._raised = True
+            raise Interrupted(signum)
+
+    @contextlib.contextmanager
+    def deferred(self) -> Iterator[None]:
+        self._depth += 1
+        try:
+            yield
+        finally:
+            self._depth -= 1
+
+    @staticmethod
+    def name(signum: int) -> str:
+        try:
+            return signal.Signals(signum).name
+        except ValueError:
+            return f"signal {signum}"
