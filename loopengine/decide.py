@@ -42,7 +42,8 @@ def check_constraints(
                 crash_kind="scorer",
             )
         value = metrics[c.metric]
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        numeric = isinstance(value, int | float) and not isinstance(value, bool)
+        if not numeric or not math.isfinite(value):
             return Decision(
                 "crash", f"constraint metric {c.metric!r} is not a finite number: {value!r}",
                 crash_kind="scorer",
