@@ -13,6 +13,7 @@ from loopengine.task import Task, match_artifact
 SYMLINK_MODE = "120000"
 GITLINK_MODE = "160000"
 NO_MODE = "000000"
+REGULAR_MODES = frozenset({"100644", "100755"})
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,10 @@ class FileChange:
 
     @property
     def mode_changed(self) -> bool:
-        return NO_MODE not in (self.old_mode, self.new_mode) and self.old_mode != self.new_mode
+        # Only a regular file's executable bit; a file <-> link change is a type change,
+        # reported once as "symlink", not a second time as a mode change.
+        modes = {self.old_mode, self.new_mode}
+        return len(modes) == 2 and modes <= REGULAR_MODES
 
 
 @dataclass(frozen=True)
