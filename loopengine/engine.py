@@ -389,7 +389,9 @@ class _Iteration:
             log_tail=self.tail if decision.status == "crash" else None,
             extra=self.extra,
         )
-        save_record(self.root, results_path, record)
+        warning = save_record(self.root, results_path, record)
+        if warning:
+            self.message = f"{self.message}; {warning}" if self.message else warning
         self.alive.release()
         self.report.finished(record)
         return record

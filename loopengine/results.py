@@ -149,14 +149,27 @@ def run_dir(root: Path, run_id: str) -> Path:
     return root / WORK_DIR / "runs" / run_id
 
 
-def save_record(root: Path, results_path: str, record: Record) -> None:
-    """``record.json`` in the run folder and one line in the results file, under the lock."""
+def save_record(root: Path, results_path: str, record: Record) -> str | None:
+    """``record.json`` in the run folder and one line in the results file, under the lock.
+
+    A results path that cannot be written (a folder, a file in the way) must not lose the
+    record after a keep was committed, nor poison every later run's recovery: the line
+    goes to the default results file instead, and the returned warning says so.
+    """
     line = record.to_json()
     folder = run_dir(root, record.run_id)
     folder.mkdir(parents=True, exist_ok=True)
     write_atomic(folder / "record.json", (json.dumps(record.to_dict(), indent=2) + "\n").encode())
     with locked(root):
-        append_line(root / results_path, line)
+        try:
+            append_line(root / results_path, line)
+        except OSError as exc:
+            if Path(results_path) == Path(DEFAULT_RESULTS):
+                raise
+            append_line(root / DEFAULT_RESULTS, line)
+            return (f"{results_path}: cannot append the record ({exc.strerror}); "
+                    f"it went to {DEFAULT_RESULTS}")
+    return None
 
 
 # ---------------------------------------------------------------------------
