@@ -122,7 +122,9 @@ def _create_worktree(repo: git.RepoInfo, base: Path, overlay: Iterable[str]) -> 
     ctx = git.Context(tree, git_dir=admin, work_tree=tree)
     checked_out = admin / "index"
     start_index = base / "start.index"
-    shutil.copyfile(checked_out, start_index)
+    # copy2: an index keeps its mtime, or git's racy-clean check trusts stat data that a
+    # same-second, same-size edit did not change, and the edit is missed.
+    shutil.copy2(checked_out, start_index)
     paths = [p for p in overlay if not _is_runtime(p)]
     _lay_overlay(repo.root, tree, paths)
     _private_git(tree, repo.common_dir, head=repo.head, index=checked_out)
@@ -207,7 +209,7 @@ def _write_tree(ctx: git.Context) -> str:
 def snapshot(sb: Sandbox, name: str) -> str:
     """The tree object of the sandbox as it is now, read with a fresh index."""
     index = sb.index(name)
-    shutil.copyfile(sb.start_index, index)
+    shutil.copy2(sb.start_index, index)  # keeps the mtime: see _create_worktree
     try:
         return _write_tree(sb.ctx.with_index(index))
     except GitError as exc:
