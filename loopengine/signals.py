@@ -37,7 +37,9 @@ class SignalGuard:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         for sig, old in self._old.items():
-            signal.signal(sig, old)
+            # After a signal the caller prints the record and exits 128 + n; a second ^C
+            # restored to the default handler would kill it first (exit -2, no record).
+            signal.signal(sig, signal.SIG_IGN if self.received is not None else old)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received is None:
