@@ -2,9 +2,10 @@
 
 Every run holds an exclusive ``flock`` on ``work/runs/<run_id>/alive.lock`` for its whole
 life and keeps a marker in ``work/runs/.active/``.  A marker whose lock can be taken
-belongs to a dead run: its sandbox folder and its own worktree entry are removed (never
-anything it did not make, never a global ``git worktree prune``) and, if it never wrote
-its record, a ``crash`` record is appended for it.
+belongs to a dead run: the steps it left running are killed, its sandbox folder and its
+own worktree entry are removed (never anything it did not make, never a global
+``git worktree prune``) and, if it never wrote its record, a ``crash`` record is appended
+for it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import contextlib
 import fcntl
 import json
 import os
+import signal
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -106,6 +109,7 @@ def _clean(root: Path, run_id: str, own_run_id: str) -> None:
     from loopengine import sandbox  # the sandbox module imports results; avoid a cycle
 
     folder = run_dir(root, run_id)
+    _kill_orphans(run_id)
     info = _read_json(folder / "sandbox.json")
     base = Path(str(info.get("base", ""))) if info else None
     # Only a folder this run made: named after it, with our prefix.
@@ -125,6 +129,33 @@ def _clean(root: Path, run_id: str, own_run_id: str) -> None:
         (root / ACTIVE / run_id).unlink()
     with contextlib.suppress(FileNotFoundError):
         (folder / "alive.lock").unlink()
+
+
+def _kill_orphans(run_id: str) -> None:
+    """SIGKILL the steps a killed run left running (they live in their own sessions).
+
+    Every step's environment holds ``LOOPENGINE_RUN_ID``, detached children included;
+    the step tokens died with the engine, the run id did not.
+    """
+    needle = f"\0LOOPENGINE_RUN_ID={run_id}\0".encode()
+    for _ in range(20):  # children may fork while being killed; rescan, bounded
+        found = False
+        with contextlib.suppress(OSError):
+            for entry in os.listdir("/proc"):
+                if not entry.isdigit() or int(entry) == os.getpid():
+                    continue
+                try:
+                    with open(f"/proc/{entry}/environ", "rb") as fh:
+                        environ = b"\0" + fh.read()
+                except OSError:  # gone, or not ours
+                    continue
+                if needle in environ:
+                    found = True
+                    with contextlib.suppress(OSError):
+                        os.kill(int(entry), signal.SIGKILL)
+        if not found:
+            return
+        time.sleep(0.005)  # a killed process shows its environment until torn down
 
 
 def _admin_points_into(admin_dir: Path, base: Path) -> bool:
