@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -22,7 +23,7 @@ def repo_root(repo: str | None) -> Path:
     return top.resolve() if top is not None else cwd.resolve()
 
 
-def fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> NoReturn:
     click.echo(f"loopengine: {message}", err=True)
     sys.exit(code)
 
@@ -34,7 +35,17 @@ REPO_OPTION = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Group(click.Group):
+    """Turns a ``LoopError`` from any command into its message and exit status 1."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except LoopError as exc:
+            fail(str(exc))
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="loopengine")
 def main() -> None:
     """loopengine: one safe, baseline-aware optimization iteration per call."""
@@ -53,25 +64,9 @@ def main() -> None:
 def run(task_path: str, repo: str | None, patch_file: Path | None, keep_sandbox: bool,
         verbose: bool) -> None:
     """Run one iteration and print its result record as one JSON line."""
-    from loopengine.engine import Options, run_iteration
-    from loopengine.progress import Reporter, StderrReporter
+    from loopengine.commands.run import run as run_command
 
-    show = verbose or sys.stderr.isatty()
-    reporter = StderrReporter(verbose=verbose) if show else Reporter()
-    outcome = run_iteration(Options(task_path=task_path, repo_root=repo_root(repo),
-                                    patch_file=patch_file, keep_sandbox=keep_sandbox,
-                                    reporter=reporter))
-    click.echo(outcome.record.to_json())
-    if outcome.message:
-        click.echo(f"loopengine: {outcome.message}", err=True)
-    elif outcome.record.status == "crash":
-        click.echo(f"loopengine: crash ({outcome.record.crash_kind}): {outcome.record.reason}",
-                   err=True)
-    if verbose and outcome.record.crash_kind == "internal":
-        log = repo_root(repo) / "work" / "runs" / outcome.record.run_id / "engine.log"
-        if log.exists():
-            click.echo(log.read_text(), err=True)
-    sys.exit(outcome.exit_code)
+    sys.exit(run_command(task_path, repo_root(repo), patch_file, keep_sandbox, verbose))
 
 
 @main.command()
@@ -94,6 +89,84 @@ def schema() -> None:
     from loopengine.task import json_schema
 
     click.echo(json.dumps(json_schema(), indent=2))
+
+
+@main.command()
+@click.argument("run_id")
+@REPO_OPTION
+@click.option("--patch", "patch_only", is_flag=True,
+              help="Print only the candidate patch, byte for byte: `show ID --patch | git apply`.")
+@click.option("--color", type=click.Choice(["auto", "always", "never"]), default="auto",
+              show_default=True, help="Colour the output: auto means when stdout is a terminal.")
+@click.option("--lines", type=click.IntRange(min=0), default=20, show_default=True,
+              help="How many lines of the end of each step's log to show.")
+def show(run_id: str, repo: str | None, patch_only: bool, color: str, lines: int) -> None:
+    """Show one run: its record, candidate patch and the end of each step's log.
+
+    RUN_ID is a run id from a record, or any prefix of it that names one run.
+    """
+    from loopengine.commands.show import show as show_command
+
+    show_command(repo_root(repo), run_id, patch_only=patch_only, color=color, lines=lines)
+
+
+@main.command()
+@click.option("--task", "task_id", metavar="ID", help="Only the keeps of this task id.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line.")
+@REPO_OPTION
+def history(task_id: str | None, as_json: bool, repo: str | None) -> None:
+    """The keep commits of the current branch, newest first, read from their trailers."""
+    from loopengine.commands.history import history as history_command
+
+    history_command(repo_root(repo), task_id, as_json)
+
+
+@main.command()
+@click.option("--task", "task_id", metavar="ID", help="Only the records of this task id.")
+@click.option("--last", type=click.IntRange(min=1), metavar="N",
+              help="Only the last N records (after --task).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the records as stored, one JSON object per line.")
+@click.option("--results", "results_file",
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The results file to read (default: work/results.jsonl in the repository).")
+@REPO_OPTION
+def results(task_id: str | None, last: int | None, as_json: bool, results_file: Path | None,
+            repo: str | None) -> None:
+    """The result records, oldest first: a table, or JSON lines with --json."""
+    from loopengine.commands.records import results as results_command
+
+    results_command(repo_root(repo), results_file, task_id, last, as_json)
+
+
+def _task_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from loopengine.commands.init import check_task_id
+
+    problem = check_task_id(value)
+    if problem:
+        raise click.BadParameter(problem)
+    return value
+
+
+@main.command()
+@click.argument("task_id", callback=_task_id)
+@REPO_OPTION
+def init(task_id: str, repo: str | None) -> None:
+    """Scaffold tasks/TASK_ID/: a task file, an artifact, a mutator, a runner and a scorer.
+
+    The scaffold validates and runs as it is; it never overwrites an existing folder.
+    """
+    from loopengine.commands.init import init as init_command
+
+    init_command(repo_root(repo), task_id)
+
+
+@main.command()
+def guide() -> None:
+    """How an AI agent should drive loopengine: the loop, the statuses, tasks, patches."""
+    from loopengine.commands.guide import guide as guide_command
+
+    guide_command()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -246,18 +246,22 @@ class _Iteration:
     def apply_patch(self, patch_file: Path) -> None:
         assert self.sb is not None
         self.report.step_started("mutator")
+        started = time.monotonic()
         log = self.run_dir / "mutator.log"
+        # --whitespace=nowarn: the patch applies byte for byte, whatever the user's
+        # apply.whitespace says (error would refuse it, fix would change it).
         proc = git.run(git.Context(self.sb.tree, git_dir=self.sb.tree / ".git",
                                    work_tree=self.sb.tree),
-                       "apply", "--verbose", "--", str(patch_file.resolve()), check=False)
+                       "-c", "apply.ignoreWhitespace=no", "apply", "--verbose",
+                       "--whitespace=nowarn", "--", str(patch_file.resolve()), check=False)
         text = (proc.stdout + proc.stderr).decode("utf-8", "replace")
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(f"$ git apply {patch_file}\n{text}")
+        self.report.step_finished("mutator", StepResult(
+            "mutator", proc.returncode, False, time.monotonic() - started, log))
         if proc.returncode != 0:
-            errors = [ln for ln in text.splitlines() if ln.startswith("error:")]
-            why = "; ".join(errors[:3]) or text.strip()[:300] or "git apply failed"
-            raise StepCrash("mutator", f"the patch {patch_file} does not apply: {why}",
-                            log_tail(log))
+            raise StepCrash("mutator", f"the patch {patch_file} does not apply: "
+                            f"{_apply_failure(text)}", log_tail(log))
 
     # -- validation and scoring -------------------------------------------------
 
@@ -395,3 +399,21 @@ class _Iteration:
         self.alive.release()
         self.report.finished(record)
         return record
+
+
+def _apply_failure(output: str) -> str:
+    """git apply's complaints, short: ``patch failed: notes.md:3``, not the echoed context."""
+    found: list[str] = []
+    for line in output.splitlines():
+        head, _, message = line.partition(": ")
+        if head not in ("error", "fatal") or message.startswith("while searching for"):
+            continue
+        failed = message.removesuffix(": patch does not apply")
+        if failed != message and any(f.startswith(f"patch failed: {failed}:") for f in found):
+            continue  # says again what "patch failed: path:line" said
+        found.append(message)
+    why = "; ".join(found)[:500]
+    if "No such file or directory" in why or "does not exist in index" in why:
+        why += (" (paths are relative to the repository root, with a/ and b/ prefixes, "
+                "as git diff writes them)")
+    return why or "git apply failed"
