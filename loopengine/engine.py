@@ -177,14 +177,13 @@ class _Iteration:
         if busy:
             raise StepCrash("sandbox", f"the repository is in the middle of {busy}; "
                             "finish or abort it first")
-        if self.repo.head is None:
-            return []
+        # Checked with no commit yet too: the keep would overwrite the staged version.
         entries = sandbox.main_status(self.repo)
         for xy, path in entries:
             if xy[0] not in " ?" and xy[1] != " " and sync.match_artifact(self.task, path):
                 raise StepCrash("sandbox", f"{path}: the artifact's staged content differs "
                                 "from its working-tree content; stage or unstage it first")
-        return [path for _, path in entries]
+        return [path for _, path in entries] if self.repo.head is not None else []
 
     def snapshot_baseline(self) -> None:
         assert self.task is not None
