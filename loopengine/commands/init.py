@@ -43,13 +43,13 @@ def init(root: Path, task_id: str) -> None:
     if problem:
         raise CommandError(problem)
     folder = root / "tasks" / task_id
-    shown = _shown(folder)
+    shown = _shown(folder, root)
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         folder.mkdir()  # exclusive: never write into a folder someone else made
     except FileExistsError:
         if not folder.parent.is_dir():
-            raise CommandError(f"cannot create {shown}/: {_shown(folder.parent)} is not a "
+            raise CommandError(f"cannot create {shown}/: {_shown(folder.parent, root)} is not a "
                                "folder") from None
         raise CommandError(f"{shown}/ already exists; nothing was written "
                            "(pick another id, or remove the folder first)") from None
@@ -66,11 +66,12 @@ def init(root: Path, task_id: str) -> None:
         click.echo("note: add /work/ to .gitignore (loopengine writes its records there)")
 
 
-def _shown(path: Path) -> str:
-    """``path`` as the user should type it: relative to the current directory if inside."""
-    rel = os.path.relpath(path, Path.cwd())
-    outside = rel == ".." or rel.startswith("../")
-    return path.as_posix() if outside else Path(rel).as_posix()
+def _shown(path: Path, root: Path) -> str:
+    """``path`` as the user should type it: relative when they are inside the repository."""
+    cwd = Path.cwd().resolve()
+    if cwd == root.resolve() or root.resolve() in cwd.parents:
+        return Path(os.path.relpath(path, cwd)).as_posix()
+    return path.as_posix()
 
 
 def _work_ignored(root: Path) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,7 @@ def show(root: Path, prefix: str, *, patch_only: bool, color: str, lines: int) -
         if colored:
             _print_rich(_patch_text(view.patch.decode("utf-8", "replace")))
         else:
-            out = click.get_binary_stream("stdout")
+            out = sys.stdout.buffer
             out.write(view.patch)  # byte-exact, so that `| git apply` takes it
             out.flush()
         return
@@ -138,15 +139,18 @@ def _blocks(view: RunView, lines: int) -> list[Block]:
         blocks.append(Block("== no candidate patch ==", "", "note"))
     for log in view.logs():
         kept, cut = tail_lines(log, lines)
-        what = f"last {len(kept)} lines" if cut else "all"
-        body = "\n".join(kept) if kept else "(empty)"
-        blocks.append(Block(f"== {log.name} ({what}; {rel}/{log.name}) ==", body, "log"))
+        if cut:
+            what = f"last {len(kept)} line{'s' * (len(kept) != 1)}"
+        else:
+            what = f"{len(kept)} line{'s' * (len(kept) != 1)}" if kept else "empty"
+        blocks.append(Block(f"== {log.name}: {what} ({rel}/{log.name}) ==", "\n".join(kept),
+                            "log"))
     return blocks
 
 
 def _stdout_isatty() -> bool:
     try:
-        return click.get_text_stream("stdout").isatty()
+        return sys.stdout.isatty()
     except (AttributeError, ValueError):
         return False
 
@@ -154,7 +158,7 @@ def _stdout_isatty() -> bool:
 def _print_rich(*renderables: Any) -> None:
     from rich.console import Console
 
-    console = Console(file=click.get_text_stream("stdout"), force_terminal=True,
+    console = Console(file=sys.stdout, force_terminal=True,
                       highlight=False, soft_wrap=True)
     for item in renderables:
         console.print(item)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -25,7 +26,7 @@ def print_table(columns: Sequence[str], rows: Iterable[Sequence[str]],
     from rich.table import Table
     from rich.text import Text
 
-    stdout = click.get_text_stream("stdout")
+    stdout = sys.stdout
     terminal = _isatty(stdout)
     table = Table(box=None, show_edge=False, pad_edge=False, padding=(0, 2, 0, 0),
                   header_style="bold" if terminal else "", expand=False)
