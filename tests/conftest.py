@@ -248,7 +248,9 @@ def assert_guarantees(r: Repo, before: State, sandboxes: Path, record: dict[str,
         parent = r.git("rev-parse", f"{record['commit']}^", check=False).strip()
         if before.head:
             assert parent == before.head
-        files = r.git("show", "--format=", "--name-only", record["commit"]).split()
+        # -z: paths with spaces or non-ASCII letters come unquoted and whole.
+        files = [f for f in r.git("show", "--format=", "--name-only", "-z",
+                                  record["commit"]).split("\0") if f]
         assert sorted(files) == sorted(record["changed_files"])
         assert _refs_without(after.refs, before.branch) == _refs_without(before.refs,
                                                                           before.branch)
