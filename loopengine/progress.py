@@ -166,9 +166,9 @@ class LiveReporter(Reporter):
     def step_finished(self, name: str, result: StepResult) -> None:
         mark, style = ("✓", "green") if result.ok else ("✗", "red")
         words = "" if result.ok else f"  {outcome_words(result)}"
+        self.line.set("")
         self._print((f"{mark} ", style), (f"{name:<8}", "bold"),
                     (f" {result.duration:6.2f}s", ""), (words, style))
-        self.line.set("")
 
     def line_callback(self, name: str) -> Callable[[str], None] | None:
         def show(line: str) -> None:

@@ -56,7 +56,8 @@ def test_the_scaffold_constraint_discards_a_long_candidate(repo: Repo, tmp_path:
     patch = tmp_path / "wordy.diff"
     words = " ".join(["word"] * 30)
     patch.write_text("--- a/tasks/wordy/notes.md\n+++ b/tasks/wordy/notes.md\n"
-                     "@@ -3,3 +3,18 @@\n ## Purpose\n \n What this project is for, in two sentences.\n"
+                     "@@ -3,3 +3,18 @@\n ## Purpose\n \n"
+                     " What this project is for, in two sentences.\n"
                      + "".join(f"+{words}\n" for _ in range(15)))
     rec = json.loads(repo.run("--patch", str(patch), task="tasks/wordy/task.yaml").stdout)
     assert rec["status"] == "discard"
