@@ -183,7 +183,14 @@ class _Iteration:
             if xy[0] not in " ?" and xy[1] != " " and sync.match_artifact(self.task, path):
                 raise StepCrash("sandbox", f"{path}: the artifact's staged content differs "
                                 "from its working-tree content; stage or unstage it first")
-        return [path for _, path in entries] if self.repo.head is not None else []
+        if self.repo.head is None:
+            return []
+        overlay = [path for _, path in entries]
+        # An artifact that git ignores is still the user's starting point (and what the
+        # keep overwrites): without it the candidate would start from nothing.
+        listed = set(overlay)
+        return overlay + [p for p in sync.artifact_paths(self.root, self.task)
+                          if p not in listed]
 
     def snapshot_baseline(self) -> None:
         assert self.task is not None
