@@ -358,6 +358,20 @@ def test_main_tree_state_is_laid_over_the_sandbox(repo: Repo, guarded) -> None:
     assert porcelain(repo) == [" M README.md", " D data.txt", "?? extra/new.txt"]
 
 
+def test_an_artifact_git_ignores_is_the_starting_point(tmp_path: Path, checked) -> None:
+    r = Repo(tmp_path / "repo")
+    r.write(".gitignore", "/work/\nnotes.md\n")
+    r.write("README.md", "a project\n")
+    r.write_task(default_task())
+    r.commit()
+    r.write(NOTES, "precious\nlocal\n")  # untracked and ignored, but the artifact
+    rec = checked(r).record
+    assert rec["status"] == "keep", rec["reason"]
+    assert rec["changed_lines"] == 1 and rec["candidate_score"] == 3.0
+    assert r.read(NOTES) == "precious\nlocal\nmore\n"
+    assert r.git("show", f"HEAD:{NOTES}") == "precious\nlocal\nmore\n"
+
+
 # ---------------------------------------------------------------------------
 # The seed's entry point
 
