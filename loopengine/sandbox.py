@@ -100,14 +100,47 @@ def _is_runtime(path: str) -> bool:
 def create(repo: git.RepoInfo, run_id: str, overlay: Iterable[str]) -> Sandbox:
     """A sandbox matching the main tree; removes what it made if it fails half-way."""
     base = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{run_id}-", dir=sandbox_root()))
+    born = base.stat().st_mtime
     (base / "owner").write_text(f"{repo.root}\n{run_id}\n")
     try:
         if repo.head is not None:
             return _create_worktree(repo, base, overlay)
         return _create_copy(repo, base)
     except BaseException:
-        _remove_paths(base, None, repo)
+        # An interrupt may land in `git worktree add` or just after it, before the Sandbox
+        # naming the worktree's entry exists: find the entry by what it holds.
+        with locked(repo.root, ".worktree.lock"):
+            admin = admin_dir_into(repo.common_dir, base, since=born)
+        _remove_paths(base, admin, repo)
         raise
+
+
+def admin_dir_into(common_dir: Path | None, base: Path, since: float | None = None) -> Path | None:
+    """The entry under ``.git/worktrees/`` whose ``gitdir`` points into ``base``, if any.
+
+    With ``since``: else an entry with no (or an empty) ``gitdir`` made since then, left by a
+    `git worktree add` killed right after it made the folder.  Call it under
+    ``.worktree.lock``, so that no live run's `worktree add` is half-way.
+    """
+    if common_dir is None:
+        return None
+    inside = f"{base}{os.sep}"
+    half_made = None
+    with contextlib.suppress(OSError):
+        for entry in (common_dir / "worktrees").iterdir():
+            try:
+                target = (entry / "gitdir").read_text().strip()
+            except FileNotFoundError:
+                target = ""
+            except OSError:
+                continue
+            if target.startswith(inside):
+                return entry
+            # 2 s of slack: file systems with coarse timestamps round them down.
+            with contextlib.suppress(OSError):
+                if not target and since is not None and entry.stat().st_mtime >= since - 2:
+                    half_made = entry
+    return half_made
 
 
 def _create_worktree(repo: git.RepoInfo, base: Path, overlay: Iterable[str]) -> Sandbox:
