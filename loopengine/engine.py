@@ -16,7 +16,7 @@ from typing import Any
 
 from loopengine import decide as decide_mod
 from loopengine import diff as diff_mod
-from loopengine import git, recovery, sandbox, score, sync
+from loopengine import faults, git, journal, recovery, sandbox, score, sync, tripwire
 from loopengine.errors import Interrupted, LoopError
 from loopengine.process import StepResult, log_tail, run_step, step_env
 from loopengine.progress import Reporter
@@ -126,6 +126,9 @@ class _Iteration:
         self.message: str | None = None
         self.internal_traceback: str | None = None
         self.extra: dict[str, Any] = {}
+        self.frozen: dict[str, str] = {}
+        self.tripwire: tripwire.Tripwire | None = None
+        self.journal = journal.Journal(self.run_dir)
         self.alive = recovery.Alive(self.root, self.run_id)
 
     # -- the order of the steps -------------------------------------------------
@@ -140,11 +143,14 @@ class _Iteration:
         overlay = self.check_repo_state()
         self.snapshot_baseline()
         self.make_sandbox(overlay)
+        faults.point("after_sandbox")
         if self.opts.patch_file is not None:
             self.apply_patch(self.opts.patch_file)
         else:
             self.run("mutator", self.task.mutator)
+        faults.point("after_mutator")
         frozen = self.validate()
+        faults.point("after_validation")
         self.run("runner", self.task.runner)
         stdout = self.run("scorer", self.task.scorer, capture=True)
         self.score, self.metrics = self.parse_score(stdout)
@@ -224,15 +230,41 @@ class _Iteration:
             "LOOPENGINE_SANDBOX": str(self.sb.tree),
             "LOOPENGINE_TASK_DIR": str(self.sb.tree / self.task.task_dir),
             "LOOPENGINE_RUN_ID": self.run_id,
+            # Marks the reflog entries of what a step does to the main repository.
+            "GIT_REFLOG_ACTION": tripwire.marker(self.run_id),
         })
         self.report.step_started(name)
-        result = run_step(name, step.command, cwd=cwd, env=env, timeout=timeout, log_path=log,
-                          stdout_path=out, on_line=self.report.line_callback(name))
+        before = self.watch_main_repo()
+        try:
+            result = run_step(name, step.command, cwd=cwd, env=env, timeout=timeout,
+                              log_path=log, stdout_path=out,
+                              on_line=self.report.line_callback(name))
+        finally:
+            touched = self.restore_main_repo(before)
         self.report.step_finished(name, result)
+        if touched:
+            raise StepCrash(name, f"the {name} changed the main repository's git state, which "
+                            f"was put back: {'; '.join(touched)}", log_tail(log))
         self.check_step(name, step, result, timeout)
         if out is None:
             return ""
         return out.read_bytes().decode("utf-8", "replace")
+
+    def watch_main_repo(self) -> tripwire.Snapshot | None:
+        """What a step could change in the shared ``.git`` by its absolute path."""
+        assert self.repo is not None
+        if not self.repo.is_git:
+            return None
+        if self.tripwire is None:
+            self.tripwire = tripwire.Tripwire(self.repo, self.run_id)
+        return self.tripwire.take()
+
+    def restore_main_repo(self, before: tripwire.Snapshot | None) -> list[str]:
+        if before is None or self.tripwire is None:
+            return []
+        assert self.guard is not None
+        with self.guard.deferred():  # a ^C must not stop the repair half-way
+            return self.tripwire.restore(before)
 
     def check_step(self, name: str, step: Step, result: StepResult, timeout: float) -> None:
         assert self.task is not None
@@ -275,6 +307,9 @@ class _Iteration:
         """Read the real diff; a violation ends the iteration as a discard."""
         assert self.sb is not None and self.task is not None
         self.report.phase("validate")
+        # What the mutator left in work/, .venv/ or .pytest_cache/ is not validated, so the
+        # runner and scorer must not see it (a planted .venv/bin/python could fake a score).
+        sandbox.clear_runtime(self.sb.tree)
         cand_tree = sandbox.snapshot(self.sb, "candidate")
         self.cand_tree = cand_tree
         self.stats = diff_mod.read_diff(self.sb.ctx, self.sb.start_tree, cand_tree)
@@ -285,7 +320,8 @@ class _Iteration:
         if found:
             raise Verdict(decide_mod.Decision("discard", diff_mod.describe(found),
                                               violations=found))
-        return sync.artifact_state(self.sb.tree, self.task)
+        self.frozen = sync.artifact_state(self.sb.tree, self.task)
+        return self.frozen
 
     def parse_score(self, stdout: str) -> tuple[float, dict[str, Any]]:
         try:
@@ -318,11 +354,32 @@ class _Iteration:
                 self.decision = decide_mod.Decision(
                     "discard", "the main tree's artifacts changed while the iteration ran")
                 return
+            self.write_intent(keep)
             if keep and self.stats.files:
                 self.sync()
             state = sync.artifact_state(self.root, self.task)
             store_baseline(self.root, self.task.id, Baseline(
                 score=self.score, artifacts=sync.digest(state), run_id=self.run_id))
+            self.journal.write("baseline")
+
+    def write_intent(self, keep: bool) -> None:
+        """All that recovery needs to finish this keep, written before its first write."""
+        assert self.task is not None and self.repo is not None and self.sb is not None
+        assert self.score is not None
+        changes = list(self.stats.files) if keep else []
+        commits = bool(changes) and self.task.policy.commit_on_keep and self.repo.is_git
+        self.journal.intent(
+            record=self.build_record(),
+            changes=changes,
+            start=self.start_state,
+            frozen=self.frozen,
+            index=journal.index_entries(self.repo, [f.path for f in changes]) if commits else {},
+            stored=self.stored,
+            baseline=Baseline(score=self.score, artifacts=sync.digest(self.frozen),
+                              run_id=self.run_id),
+            objects=None if self.repo.is_git else self.sb.ctx.git_dir,
+            commits=commits,
+        )
 
     def sync(self) -> None:
         assert self.task is not None and self.repo is not None and self.sb is not None
@@ -331,12 +388,21 @@ class _Iteration:
         sync.check_paths_inside(self.root, [f.path for f in changes])
         commit_on_keep = self.task.policy.commit_on_keep and self.repo.is_git
         if commit_on_keep:
-            made = sync.make_commit(self.repo, changes, self.commit_message())
+            made = sync.make_commit(self.repo, changes, self.commit_message(),
+                                    before_update=self.before_ref_update)
             if made is not None:
                 self.commit = made[0]
+            self.journal.write("ref_updated", commit=self.commit)  # the commit point
+            faults.point("after_ref_update")
         sync.write_files(self.root, self.sb.ctx, changes)
         if commit_on_keep and self.commit is not None:
             sync.update_user_index(self.repo, changes)
+        self.journal.write("synced")
+        faults.point("after_sync")
+
+    def before_ref_update(self, commit: str, ref: str) -> None:
+        self.journal.write("commit", commit=commit, ref=ref)
+        faults.point("before_ref_update")
 
     def commit_message(self) -> str:
         assert self.task is not None and self.decision is not None
@@ -369,15 +435,26 @@ class _Iteration:
         self.alive.note_removed()
 
     def finish(self) -> Record:
-        decision = self.decision or decide_mod.Decision("crash", "no decision was reached",
-                                                        crash_kind="internal")
         task = self.task
         results_path = task.results_path if task else DEFAULT_RESULTS
         if self.internal_traceback:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "engine.log").write_text(self.internal_traceback)
+        record = self.build_record()
+        faults.point("before_record")
+        warning = save_record(self.root, results_path, record)
+        if warning:
+            self.message = f"{self.message}; {warning}" if self.message else warning
+        self.alive.release()
+        self.report.finished(record)
+        return record
+
+    def build_record(self) -> Record:
+        decision = self.decision or decide_mod.Decision("crash", "no decision was reached",
+                                                        crash_kind="internal")
+        task = self.task
         patch = self.run_dir / "candidate.patch"
-        record = Record(
+        return Record(
             task_id=task.id if task else None,
             status=decision.status,
             reason=decision.reason or decision.status,
@@ -399,12 +476,6 @@ class _Iteration:
             log_tail=self.tail if decision.status == "crash" else None,
             extra=self.extra,
         )
-        warning = save_record(self.root, results_path, record)
-        if warning:
-            self.message = f"{self.message}; {warning}" if self.message else warning
-        self.alive.release()
-        self.report.finished(record)
-        return record
 
 
 def _apply_failure(output: str) -> str:

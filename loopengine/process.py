@@ -116,15 +116,17 @@ def log_tail(path: Path, lines: int = 40, max_bytes: int = 4096) -> str:
     return b"".join(kept).decode("utf-8", errors="replace")
 
 
-def kill_tagged(token: str) -> int:
-    """SIGKILL every process whose environment has ``LOOPENGINE_STEP_TOKEN=<token>``.
+def kill_tagged(token: str, var: str = TOKEN_VAR) -> int:
+    """SIGKILL every process whose environment has ``<var>=<token>``.
 
-    Rescans until no such process is left (bounded by ``KILL_ROUNDS``), since a child may
-    fork while it is being killed.  Returns how many processes were signalled.
+    ``var`` is ``LOOPENGINE_STEP_TOKEN`` for one step, ``LOOPENGINE_RUN_ID`` for every step
+    of a run (recovery kills what a SIGKILLed run left running).  Rescans until no such
+    process is left (bounded by ``KILL_ROUNDS``), since a child may fork while it is being
+    killed.  Returns how many processes were signalled.
     """
     if not token:
         raise ValueError("kill_tagged needs a non-empty token")
-    needle = f"\0{TOKEN_VAR}={token}\0".encode()
+    needle = f"\0{var}={token}\0".encode()
     killed: set[int] = set()
     for _ in range(KILL_ROUNDS):
         found = False

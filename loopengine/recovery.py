@@ -2,10 +2,12 @@
 
 Every run holds an exclusive ``flock`` on ``work/runs/<run_id>/alive.lock`` for its whole
 life and keeps a marker in ``work/runs/.active/``.  A marker whose lock can be taken
-belongs to a dead run: the steps it left running are killed, its sandbox folder and its
-own worktree entry are removed (never anything it did not make, never a global
-``git worktree prune``) and, if it never wrote its record, a ``crash`` record is appended
-for it.
+belongs to a dead run: the steps it left running are killed (they carry its
+``LOOPENGINE_RUN_ID``), a keep it had committed is finished from its journal
+(``journal.py``: rolled forward after the commit point, and before it nothing reached
+the user), its record is appended if it never was -- the journaled ``keep``, or a
+``crash`` -- and its sandbox folder and its own worktree entry are removed (never
+anything it did not make, never a global ``git worktree prune``).
 """
 
 from __future__ import annotations
@@ -14,17 +16,26 @@ import contextlib
 import fcntl
 import json
 import os
-import signal
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from loopengine.results import Record, iso_utc, locked, run_dir, save_record
+from loopengine import journal
+from loopengine.process import kill_tagged
+from loopengine.results import (
+    DEFAULT_RESULTS,
+    Record,
+    append_line,
+    iso_utc,
+    locked,
+    run_dir,
+    save_record,
+)
 
 if TYPE_CHECKING:
     from loopengine.sandbox import Sandbox
 
 ACTIVE = "work/runs/.active"
+RUN_ID_VAR = "LOOPENGINE_RUN_ID"  # in every step's environment, detached children's too
 
 
 class Alive:
@@ -106,64 +117,95 @@ def _is_dead(root: Path, run_id: str) -> bool:
 
 
 def _clean(root: Path, run_id: str, own_run_id: str) -> None:
+    folder = run_dir(root, run_id)
+    kill_tagged(run_id, var=RUN_ID_VAR)
+    with locked(root, ".recover.lock"):
+        if not (root / ACTIVE / run_id).exists():
+            return  # another run cleaned it up while we waited for the lock
+        _settle_record(root, run_id, own_run_id)
+        _remove_sandbox(root, run_id)
+        with contextlib.suppress(FileNotFoundError):
+            (root / ACTIVE / run_id).unlink()
+        with contextlib.suppress(FileNotFoundError):
+            (folder / "alive.lock").unlink()
+
+
+def _settle_record(root: Path, run_id: str, own_run_id: str) -> None:
+    """Make sure the dead run's record is in its results file, exactly once."""
+    folder = run_dir(root, run_id)
+    meta = _read_json(folder / "meta.json") or {}
+    results_path = str(meta.get("results_path") or DEFAULT_RESULTS)
+    saved = _read_json(folder / "record.json")
+    if saved is not None:
+        # Killed between record.json and the results line: append the line it lacks.
+        if not _has_line(root / results_path, run_id):
+            with locked(root):
+                append_line(root / results_path, json.dumps(
+                    saved, ensure_ascii=False, separators=(",", ":"), allow_nan=False))
+        return
+    record = journal.complete(root, folder, own_run_id)
+    if record is None:
+        record = _lost_record(run_id, meta, own_run_id)
+    save_record(root, results_path, record)
+
+
+def _has_line(path: Path, run_id: str) -> bool:
+    try:
+        return f'"run_id":"{run_id}"'.encode() in path.read_bytes()
+    except OSError:
+        return False
+
+
+def _remove_sandbox(root: Path, run_id: str) -> None:
+    """The dead run's own sandbox folder and worktree entry, and nothing else.
+
+    Found through ``sandbox.json`` and, for a run killed while it made its sandbox (before
+    it could write that down), by name: a folder ``loopengine-<run_id>-*`` under the
+    sandbox root, and a worktree entry that points into such a folder.
+    """
     from loopengine import sandbox  # the sandbox module imports results; avoid a cycle
 
     folder = run_dir(root, run_id)
-    _kill_orphans(run_id)
+    prefix = f"{sandbox.PREFIX}{run_id}-"
+    bases = set()
     info = _read_json(folder / "sandbox.json")
-    base = Path(str(info.get("base", ""))) if info else None
-    # Only a folder this run made: named after it, with our prefix.
-    if base is not None and base.name.startswith(f"{sandbox.PREFIX}{run_id}-"):
-        admin = info.get("admin_dir") if info else None
-        admin_dir = Path(str(admin)) if admin else None
-        if admin_dir is not None and not _admin_points_into(admin_dir, base):
-            admin_dir = None
-        with locked(root, ".worktree.lock"):
+    if info and Path(str(info.get("base", ""))).name.startswith(prefix):
+        bases.add(Path(str(info["base"])))
+    with contextlib.suppress(OSError):
+        bases.update(p for p in sandbox.sandbox_root().iterdir() if p.name.startswith(prefix))
+    common = _common_dir(root)
+    with locked(root, ".worktree.lock"):
+        for base in sorted(bases):
+            admin = sandbox.admin_dir_into(common, base)
             sandbox._rmtree(base)
-            if admin_dir is not None:
-                sandbox._rmtree(admin_dir)
-        (folder / "sandbox.json").unlink(missing_ok=True)
-    if not (folder / "record.json").exists():
-        _append_lost_record(root, run_id, own_run_id)
-    with contextlib.suppress(FileNotFoundError):
-        (root / ACTIVE / run_id).unlink()
-    with contextlib.suppress(FileNotFoundError):
-        (folder / "alive.lock").unlink()
-
-
-def _kill_orphans(run_id: str) -> None:
-    """SIGKILL the steps a killed run left running (they live in their own sessions).
-
-    Every step's environment holds ``LOOPENGINE_RUN_ID``, detached children included;
-    the step tokens died with the engine, the run id did not.
-    """
-    needle = f"\0LOOPENGINE_RUN_ID={run_id}\0".encode()
-    for _ in range(20):  # children may fork while being killed; rescan, bounded
-        found = False
-        with contextlib.suppress(OSError):
-            for entry in os.listdir("/proc"):
-                if not entry.isdigit() or int(entry) == os.getpid():
-                    continue
-                try:
-                    with open(f"/proc/{entry}/environ", "rb") as fh:
-                        environ = b"\0" + fh.read()
-                except OSError:  # gone, or not ours
-                    continue
-                if needle in environ:
-                    found = True
+            if admin is not None:
+                sandbox._rmtree(admin)
+        if common is not None:  # an entry whose folder lies elsewhere, or is gone already
+            with contextlib.suppress(OSError):
+                for entry in (common / "worktrees").iterdir():
                     with contextlib.suppress(OSError):
-                        os.kill(int(entry), signal.SIGKILL)
-        if not found:
-            return
-        time.sleep(0.005)  # a killed process shows its environment until torn down
+                        target = Path((entry / "gitdir").read_text().strip())
+                        if any(part.startswith(prefix) for part in target.parts):
+                            sandbox._rmtree(entry)
+    (folder / "sandbox.json").unlink(missing_ok=True)
 
 
-def _admin_points_into(admin_dir: Path, base: Path) -> bool:
+def _common_dir(root: Path) -> Path | None:
+    dot_git = root / ".git"
+    if dot_git.is_dir():
+        return dot_git
     try:
-        target = (admin_dir / "gitdir").read_text().strip()
+        link = dot_git.read_text().strip()
     except OSError:
-        return False
-    return target.startswith(str(base) + os.sep)
+        return None
+    if not link.startswith("gitdir:"):
+        return None
+    git_dir = (root / link.removeprefix("gitdir:").strip()).resolve()
+    try:
+        common = (git_dir / "commondir").read_text().strip()
+    except OSError:
+        return git_dir
+    return (git_dir / common).resolve()
 
 
 def _read_json(path: Path) -> dict[str, object] | None:
@@ -174,12 +216,9 @@ def _read_json(path: Path) -> dict[str, object] | None:
     return data if isinstance(data, dict) else None
 
 
-def _append_lost_record(root: Path, run_id: str, own_run_id: str) -> None:
-    meta = _read_json(run_dir(root, run_id) / "meta.json") or {}
+def _lost_record(run_id: str, meta: dict[str, object], own_run_id: str) -> Record:
     task_id = meta.get("task_id")
-    results_path = meta.get("results_path") or "work/results.jsonl"
-    started = _started_at(run_id)
-    record = Record(
+    return Record(
         task_id=str(task_id) if task_id else None,
         status="crash",
         reason=f"the run was killed before it finished; its leftovers were cleaned up by "
@@ -194,15 +233,12 @@ def _append_lost_record(root: Path, run_id: str, own_run_id: str) -> None:
         patch=None,
         commit=None,
         sandbox="worktree",
-        started_at=started,
+        started_at=_started_at(run_id),
         duration_seconds=0.0,
         crash_kind="interrupted",
         violations=[],
         log_tail=None,
     )
-    with locked(root, ".recover.lock"):
-        if not (run_dir(root, run_id) / "record.json").exists():
-            save_record(root, str(results_path), record)
 
 
 def _started_at(run_id: str) -> str:

@@ -175,7 +175,9 @@ def _create_copy(repo: git.RepoInfo, base: Path) -> Sandbox:
     def ignore(folder: str, names: list[str]) -> set[str]:
         return skip.intersection(names) if Path(folder) == repo.root else set()
 
-    shutil.copytree(repo.root, tree, symlinks=True, ignore=ignore)
+    # shutil.copy, not copy2: fresh mtimes (see _lay_overlay).
+    shutil.copytree(repo.root, tree, symlinks=True, ignore=ignore,
+                    copy_function=shutil.copy)
     if repo.is_git:
         assert repo.common_dir is not None
         ctx = git.Context(tree, git_dir=repo.common_dir, work_tree=tree)
@@ -203,7 +205,9 @@ def _lay_overlay(root: Path, tree: Path, paths: list[str]) -> None:
         if src.is_symlink():
             os.symlink(os.readlink(src), dst)
         elif src.is_file():
-            shutil.copy2(src, dst)
+            # Not copy2: an old mtime would make git trust the stat data of a file
+            # that a step rewrites (same size, mtime put back) within a second.
+            shutil.copy(src, dst)
 
 
 def _unlink(path: Path) -> None:

@@ -13,7 +13,7 @@ import os
 import re
 import stat
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from loopengine import git
@@ -61,18 +61,24 @@ def artifact_state(root: Path, task: Task) -> dict[str, str]:
     """``path -> kind:sha256`` for every artifact file under ``root``."""
     state = {}
     for rel in artifact_paths(root, task):
-        path = root / rel
-        if path.is_symlink():
-            state[rel] = "link:" + hashlib.sha256(os.fsencode(os.readlink(path))).hexdigest()
-            continue
-        try:
-            data = path.read_bytes()
-            mode = path.stat().st_mode
-        except OSError:
-            continue
-        kind = "exec" if mode & stat.S_IXUSR else "file"
-        state[rel] = f"{kind}:" + hashlib.sha256(data).hexdigest()
+        found = path_state(root, rel)
+        if found is not None:
+            state[rel] = found
     return state
+
+
+def path_state(root: Path, rel: str) -> str | None:
+    """``kind:sha256`` of one file (``link``, ``exec`` or ``file``); None when unreadable."""
+    path = root / rel
+    if path.is_symlink():
+        return "link:" + hashlib.sha256(os.fsencode(os.readlink(path))).hexdigest()
+    try:
+        data = path.read_bytes()
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    kind = "exec" if mode & stat.S_IXUSR else "file"
+    return f"{kind}:" + hashlib.sha256(data).hexdigest()
 
 
 def digest(state: dict[str, str]) -> str:
@@ -99,12 +105,14 @@ def check_paths_inside(root: Path, paths: Iterable[str]) -> None:
 
 
 def make_commit(
-    repo: git.RepoInfo, changes: Sequence[FileChange], message: str
+    repo: git.RepoInfo, changes: Sequence[FileChange], message: str,
+    before_update: Callable[[str, str], None] | None = None,
 ) -> tuple[str, git.RepoInfo] | None:
     """Commit the artifact blobs on top of the current HEAD; CAS-move the branch.
 
     Returns the new commit and the repository state it was made on, or None when the
-    branch already holds exactly these artifacts (nothing to commit).
+    branch already holds exactly these artifacts (nothing to commit).  ``before_update``
+    is told the commit and the ref right before the branch moves (the journal notes them).
     """
     ident = git.identity(repo.ctx)
     for _ in range(CAS_ATTEMPTS):
@@ -125,6 +133,8 @@ def make_commit(
         ).stdout.decode().strip()
         ref = now.branch or "HEAD"
         deref = [] if now.branch else ["--no-deref"]
+        if before_update is not None:
+            before_update(commit, ref)
         moved = git.run(
             now.ctx, "update-ref", *deref, "-m", "loopengine: keep", ref, commit,
             now.head or git.NULL_SHA, check=False,

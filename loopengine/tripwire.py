@@ -1,0 +1,348 @@
+"""A tripwire on the main repository: what a step changed in its git state, put back.
+
+Steps run in a sandbox whose ``.git`` is a private repository, so nothing they do through
+git there reaches the user's.  A step can still name the main repository by its absolute
+path (``git -C /home/me/project tag x``, or a plain write into ``.git/hooks``).  Around
+each step the engine takes a :class:`Snapshot` of what would outlive the run there -- the
+refs and HEAD, the config, hooks, ``info/``, ``objects/info/alternates`` and the stash's
+reflog: small files and one ``for-each-ref`` -- and afterwards :meth:`Tripwire.restore`
+puts every difference back and names it; the step is then a ``crash``.
+
+One change is the user's to make while a step runs (contract section 7): a commit on the
+checked-out branch.  The current branch (or a detached HEAD) moving *forward* is left
+alone unless its reflog shows that a step made the move: steps run with
+``GIT_REFLOG_ACTION`` set to :func:`marker`, which ``git commit``, ``merge``, ``reset``
+and their kin write into the reflog.  A step that clears the variable and commits onto
+the current branch is indistinguishable from the user; the README's safety model says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from loopengine import git
+from loopengine.errors import GitError
+
+# Files larger than this are compared by digest and cannot be put back.
+MAX_FILE = 1 << 20
+# A hooks folder or info/ with more entries than this is not a hooks folder: stop there.
+MAX_ENTRIES = 2000
+_FORMAT = "%(refname)%00%(objectname)%00%(symref)"
+
+
+def marker(run_id: str) -> str:
+    """What every step's ``GIT_REFLOG_ACTION`` holds, and so its reflog entries."""
+    return f"loopengine step {run_id}"
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str  # "file", "dir", "link", "big" (a file too large to keep), "other"
+    mode: int
+    data: bytes  # a file's bytes, a link's target, a big file's digest
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    refs: dict[str, tuple[str, str]]  # refname -> (object name, symref target or "")
+    loose: frozenset[str]  # refnames with a file under refs/ (a broken one shows only here)
+    files: dict[str, Entry]  # absolute path -> what was there
+    reflogs: dict[str, int]  # reflog path -> its size, to read what a step appended
+    packed: bytes | None  # packed-refs, put back only if a step left it unreadable
+
+
+class Tripwire:
+    """Watches one repository's shared git state; ``take`` before a step, ``restore`` after."""
+
+    def __init__(self, repo: git.RepoInfo, run_id: str) -> None:
+        assert repo.git_dir is not None and repo.common_dir is not None
+        self.repo = repo
+        self.marker = marker(run_id).encode()
+        common, own = repo.common_dir, repo.git_dir
+        self.head_file = own / "HEAD"
+        self.paths = [
+            self.head_file,
+            common / "config",
+            common / "config.worktree",
+            common / "hooks",
+            common / "info",
+            common / "objects" / "info" / "alternates",
+            common / "logs" / "refs" / "stash",  # `git stash list` reads this reflog
+        ]
+        if own != common:
+            self.paths.append(own / "config.worktree")
+        hooks = _hooks_path(repo)
+        if hooks is not None and hooks not in self.paths:
+            self.paths.append(hooks)
+        self.quiet = {str(common / "logs" / "refs" / "stash")}  # named as refs/stash
+
+    # -- looking -----------------------------------------------------------------
+
+    def take(self) -> Snapshot:
+        assert self.repo.common_dir is not None
+        files: dict[str, Entry] = {}
+        for path in self.paths:
+            _walk(path, files)
+        head = files.get(str(self.head_file))
+        reflogs = [self.repo.git_dir / "logs" / "HEAD"]  # type: ignore[operator]
+        if head is not None and head.data.startswith(b"ref: "):
+            name = head.data[5:].decode("utf-8", "surrogateescape").strip()
+            reflogs.append(self.repo.common_dir / "logs" / name)
+        try:
+            packed = (self.repo.common_dir / "packed-refs").read_bytes()
+        except OSError:
+            packed = None
+        return Snapshot(self._refs(), self._loose(), files,
+                        {str(p): _size(p) for p in reflogs}, packed)
+
+    def _refs(self) -> dict[str, tuple[str, str]]:
+        proc = git.run(self.repo.ctx, "for-each-ref", f"--format={_FORMAT}", check=False)
+        if proc.returncode != 0:
+            raise GitError(f"git for-each-ref failed: {proc.stderr.decode('utf-8', 'replace')}")
+        refs = {}
+        for line in proc.stdout.decode("utf-8", "surrogateescape").splitlines():
+            name, _, rest = line.partition("\0")
+            value, _, symref = rest.partition("\0")
+            refs[name] = (value, symref)
+        return refs
+
+    def _loose(self) -> frozenset[str]:
+        assert self.repo.common_dir is not None
+        top = self.repo.common_dir / "refs"
+        found = set()
+        for folder, _dirs, names in os.walk(top):
+            for name in names:
+                found.add(os.path.relpath(os.path.join(folder, name), self.repo.common_dir))
+        return frozenset(p.replace(os.sep, "/") for p in found)
+
+    # -- putting back ------------------------------------------------------------
+
+    def restore(self, before: Snapshot) -> list[str]:
+        """Put back whatever differs from ``before``; says what it was, [] when nothing."""
+        changes = []
+        try:
+            after = self.take()
+        except GitError:
+            # A step left packed-refs unreadable: put it back and look again.  (Only then:
+            # `git pack-refs` rewrites it with the same refs, which is no change.)
+            assert self.repo.common_dir is not None
+            packed = self.repo.common_dir / "packed-refs"
+            if before.packed is None:
+                _remove(packed)
+            else:
+                _write(packed, before.packed, 0o644)
+            changes.append(f"{self._name(str(packed))} damaged")
+            after = self.take()
+        own = self._users_own_move(before, after)
+        changes += self._restore_refs(before, after, own)
+        changes += self._restore_files(before, after, skip_head="HEAD" in own)
+        return changes
+
+    def _users_own_move(self, before: Snapshot, after: Snapshot) -> set[str]:
+        """``{ref}`` or ``{"HEAD"}`` when the checked-out commit moved forward and no step
+        marker is in the reflog: the user's own commit, which is theirs to keep."""
+        key = str(self.head_file)
+        head, head_after = before.files.get(key), after.files.get(key)
+        if head is None or head.kind != "file":
+            return set()
+        text = head.data.decode("utf-8", "surrogateescape").strip()
+        if text.startswith("ref: "):
+            name = text[5:]
+            old, new = before.refs.get(name), after.refs.get(name)
+            reflog = str(self.repo.common_dir / "logs" / name)  # type: ignore[operator]
+            if (head_after == head and old and new and old != new and not old[1]
+                    and not new[1] and self._forward(old[0], new[0])
+                    and not self._marked(reflog, before)):
+                return {name}
+            return set()
+        if head_after is None or head_after.kind != "file" or head_after == head:
+            return set()
+        new_sha = head_after.data.decode("utf-8", "surrogateescape").strip()
+        reflog = str(self.repo.git_dir / "logs" / "HEAD")  # type: ignore[operator]
+        if self._forward(text, new_sha) and not self._marked(reflog, before):
+            return {"HEAD"}
+        return set()
+
+    def _forward(self, old: str, new: str) -> bool:
+        proc = git.run(self.repo.ctx, "merge-base", "--is-ancestor", old, new, check=False)
+        return proc.returncode == 0
+
+    def _marked(self, reflog: str, before: Snapshot) -> bool:
+        """Whether a step wrote what was appended to ``reflog`` since ``before``."""
+        try:
+            with open(reflog, "rb") as fh:
+                start = before.reflogs.get(reflog, 0)
+                if os.fstat(fh.fileno()).st_size >= start:
+                    fh.seek(start)
+                data = fh.read()
+        except OSError:
+            return False
+        return self.marker in data
+
+    def _restore_refs(self, before: Snapshot, after: Snapshot, own: set[str]) -> list[str]:
+        changes = []
+        for name in sorted(set(before.refs) | set(after.refs)):
+            old, new = before.refs.get(name), after.refs.get(name)
+            if old == new or name in own:
+                continue
+            if old is None:
+                assert new is not None
+                what = f"{name} created"
+                ok = self._git("update-ref", "--no-deref", "-d", name, new[0])
+            elif new is None and name in after.loose:
+                what = f"{name} damaged"
+                ok = self._write_loose(name, old)
+            elif new is None:
+                what = f"{name} deleted"
+                ok = self._set_ref(name, old, git.NULL_SHA)
+            else:
+                what = f"{name} moved from {old[0][:12]} to {new[0][:12]}"
+                if old[1] != new[1]:
+                    what = f"{name} changed from {old[1] or old[0][:12]} to {new[1] or new[0][:12]}"
+                ok = self._set_ref(name, old, new[0])
+            changes.append(what if ok else f"{what} (could not be put back)")
+        # A file under refs/ that is no ref at all (git skips it as broken): remove it.
+        for name in sorted(after.loose - before.loose - set(after.refs)):
+            assert self.repo.common_dir is not None
+            with contextlib.suppress(OSError):
+                (self.repo.common_dir / name).unlink()
+            changes.append(f"{name} created (a broken ref)")
+        return changes
+
+    def _set_ref(self, name: str, old: tuple[str, str], current: str) -> bool:
+        if old[1]:
+            return self._git("symbolic-ref", name, old[1])
+        return self._git("update-ref", "--no-deref", "-m", "loopengine: put back", name,
+                         old[0], current)
+
+    def _write_loose(self, name: str, old: tuple[str, str]) -> bool:
+        assert self.repo.common_dir is not None
+        text = f"ref: {old[1]}\n" if old[1] else f"{old[0]}\n"
+        try:
+            _write(self.repo.common_dir / name, text.encode(), 0o644)
+        except OSError:
+            return False
+        return True
+
+    def _git(self, *args: str) -> bool:
+        return git.run(self.repo.ctx, *args, check=False).returncode == 0
+
+    def _restore_files(self, before: Snapshot, after: Snapshot, *, skip_head: bool) -> list[str]:
+        changed = sorted(p for p in set(before.files) | set(after.files)
+                         if before.files.get(p) != after.files.get(p)
+                         and not (skip_head and p == str(self.head_file)))
+        # Remove what is new or of another kind, deepest first; then put back, top first.
+        for path in reversed(changed):
+            old, new = before.files.get(path), after.files.get(path)
+            if new is not None and (old is None or old.kind != new.kind):
+                _remove(Path(path))
+        changes = []
+        for path in changed:
+            old, new = before.files.get(path), after.files.get(path)
+            ok = old is None or self._put(Path(path), old)
+            if path not in self.quiet and not (new and old and new.kind == old.kind == "dir"
+                                               and new.mode == old.mode):
+                what = "created" if old is None else "deleted" if new is None else "changed"
+                text = f"{self._name(path)} {what}"
+                changes.append(text if ok else f"{text} (could not be put back)")
+        return changes
+
+    def _put(self, path: Path, entry: Entry) -> bool:
+        try:
+            if entry.kind == "dir":
+                path.mkdir(exist_ok=True)
+                os.chmod(path, stat.S_IMODE(entry.mode))
+            elif entry.kind == "file":
+                _write(path, entry.data, stat.S_IMODE(entry.mode))
+            elif entry.kind == "link":
+                _remove(path)
+                os.symlink(entry.data, path)
+            else:
+                return False
+        except OSError:
+            return False
+        return True
+
+    def _name(self, path: str) -> str:
+        """``.git/hooks/pre-commit`` for a path in the repository, else the absolute path."""
+        with contextlib.suppress(ValueError):
+            return Path(path).relative_to(self.repo.root).as_posix()
+        return path
+
+
+def _hooks_path(repo: git.RepoInfo) -> Path | None:
+    """The folder the user's ``core.hooksPath`` names, if any (our own ``-c`` aside)."""
+    proc = git.run(repo.ctx, "config", "--show-origin", "-z", "--get-all", "core.hooksPath",
+                   check=False)
+    items = proc.stdout.split(b"\0")
+    value = None
+    for origin, item in zip(items[::2], items[1::2], strict=False):
+        if not origin.startswith(b"command line:"):
+            value = item.decode("utf-8", "surrogateescape")
+    if not value:
+        return None
+    path = Path(os.path.expanduser(value))
+    return path if path.is_absolute() else repo.root / path
+
+
+def _walk(path: Path, out: dict[str, Entry]) -> None:
+    if len(out) >= MAX_ENTRIES:
+        return
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return
+    key = str(path)
+    if stat.S_ISLNK(st.st_mode):
+        out[key] = Entry("link", st.st_mode, os.fsencode(os.readlink(path)))
+    elif stat.S_ISDIR(st.st_mode):
+        out[key] = Entry("dir", st.st_mode, b"")
+        with contextlib.suppress(OSError):
+            for name in sorted(os.listdir(path)):
+                _walk(path / name, out)
+    elif stat.S_ISREG(st.st_mode) and st.st_size <= MAX_FILE:
+        try:
+            out[key] = Entry("file", st.st_mode, path.read_bytes())
+        except OSError:
+            out[key] = Entry("other", st.st_mode, b"")
+    elif stat.S_ISREG(st.st_mode):
+        digest = hashlib.sha256()
+        with contextlib.suppress(OSError), open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        out[key] = Entry("big", st.st_mode, digest.digest())
+    else:
+        out[key] = Entry("other", st.st_mode, b"")
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _write(path: Path, data: bytes, mode: int) -> None:
+    """Replace ``path`` atomically (a hook being put back is never seen half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.loopengine-restore")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+    os.chmod(tmp, mode)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
