@@ -101,9 +101,10 @@ def schema() -> None:
 @click.option("--lines", type=click.IntRange(min=0), default=20, show_default=True,
               help="How many lines of the end of each step's log to show.")
 def show(run_id: str, repo: str | None, patch_only: bool, color: str, lines: int) -> None:
-    """Show one run: its record, candidate patch and the end of each step's log.
+    """Show one run: record, candidate patch, step logs.
 
-    RUN_ID is a run id from a record, or any prefix of it that names one run.
+    Prints the record, the candidate patch and the end of each step's log. RUN_ID is a
+    run id from a record, or any prefix of it that names one run.
     """
     from loopengine.commands.show import show as show_command
 
@@ -115,7 +116,10 @@ def show(run_id: str, repo: str | None, patch_only: bool, color: str, lines: int
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per line.")
 @REPO_OPTION
 def history(task_id: str | None, as_json: bool, repo: str | None) -> None:
-    """The keep commits of the current branch, newest first, read from their trailers."""
+    """List the keep commits, newest first.
+
+    The keep commits of the current branch, read back from their Loopengine-* trailers.
+    """
     from loopengine.commands.history import history as history_command
 
     history_command(repo_root(repo), task_id, as_json)
@@ -133,7 +137,10 @@ def history(task_id: str | None, as_json: bool, repo: str | None) -> None:
 @REPO_OPTION
 def results(task_id: str | None, last: int | None, as_json: bool, results_file: Path | None,
             repo: str | None) -> None:
-    """The result records, oldest first: a table, or JSON lines with --json."""
+    """List the result records, oldest first.
+
+    A table, or the records as stored (one JSON object per line) with --json.
+    """
     from loopengine.commands.records import results as results_command
 
     results_command(repo_root(repo), results_file, task_id, last, as_json)
@@ -152,9 +159,10 @@ def _task_id(ctx: click.Context, param: click.Parameter, value: str) -> str:
 @click.argument("task_id", callback=_task_id)
 @REPO_OPTION
 def init(task_id: str, repo: str | None) -> None:
-    """Scaffold tasks/TASK_ID/: a task file, an artifact, a mutator, a runner and a scorer.
+    """Scaffold a working task in tasks/TASK_ID/.
 
-    The scaffold validates and runs as it is; it never overwrites an existing folder.
+    A task file, an artifact, a mutator, a runner and a scorer that validate and run as
+    they are. An existing folder is never overwritten.
     """
     from loopengine.commands.init import init as init_command
 
@@ -163,7 +171,10 @@ def init(task_id: str, repo: str | None) -> None:
 
 @main.command()
 def guide() -> None:
-    """How an AI agent should drive loopengine: the loop, the statuses, tasks, patches."""
+    """Print the guide for AI agents.
+
+    How to drive loopengine: the loop, what each status asks next, tasks, patches.
+    """
     from loopengine.commands.guide import guide as guide_command
 
     guide_command()
