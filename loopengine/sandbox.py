@@ -243,6 +243,19 @@ def _write_tree(ctx: git.Context) -> str:
     return git.out(ctx, "write-tree")
 
 
+def clear_runtime(tree: Path) -> None:
+    """Put ``work/`` (empty), ``.venv/`` and ``.pytest_cache/`` (absent) back as a fresh
+    sandbox has them.  They are never validated, so what the mutator left there must not
+    reach the runner or the scorer."""
+    for name in RUNTIME_DIRS:
+        path = tree / name
+        if path.is_dir() and not path.is_symlink():
+            _rmtree(path)
+        elif os.path.lexists(path):
+            path.unlink()
+    (tree / "work").mkdir()
+
+
 def snapshot(sb: Sandbox, name: str) -> str:
     """The tree object of the sandbox as it is now, read with a fresh index."""
     index = sb.index(name)
