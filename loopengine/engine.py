@@ -16,7 +16,7 @@ from typing import Any
 
 from loopengine import decide as decide_mod
 from loopengine import diff as diff_mod
-from loopengine import faults, git, journal, recovery, sandbox, score, sync, tripwire
+from loopengine import faults, git, journal, pool, recovery, sandbox, score, sync, tripwire
 from loopengine.errors import Interrupted, LoopError
 from loopengine.process import StepResult, log_tail, run_step, step_env
 from loopengine.progress import Reporter
@@ -206,9 +206,13 @@ class _Iteration:
             self.baseline = self.stored
 
     def make_sandbox(self, overlay: list[str]) -> None:
-        assert self.repo is not None
+        assert self.repo is not None and self.task is not None
         self.report.phase("sandbox")
-        self.sb = sandbox.create(self.repo, self.run_id, overlay)
+        if self.opts.keep_sandbox:  # the user will look at it: never a pool member
+            self.sb = sandbox.create(self.repo, self.run_id, overlay)
+        else:
+            self.sb = pool.take(self.repo, self.task.id, self.run_id, overlay,
+                                reuse=self.task.sandbox_reuse)
         self.alive.note_sandbox(self.sb)
 
     # -- steps ------------------------------------------------------------------

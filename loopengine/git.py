@@ -35,6 +35,7 @@ HARDENED_CONFIG = (
     "core.symlinks=true",
     "core.pager=cat",
     "core.splitIndex=false",
+    "core.ignoreStat=false",  # true would skip the stat check altogether
     "color.ui=false",
     "diff.noprefix=false",
     "diff.mnemonicPrefix=false",
@@ -199,6 +200,7 @@ class RepoInfo:
     common_dir: Path | None  # where objects, refs, config and hooks live
     head: str | None  # sha of HEAD, None when unborn or not a repository
     branch: str | None  # full ref name of the current branch, None when detached
+    head_tree: str | None = None  # sha of HEAD's tree, when repo_info read it
 
     @property
     def is_git(self) -> bool:
@@ -218,6 +220,29 @@ def toplevel(path: Path) -> Path | None:
 
 def repo_info(root: Path) -> RepoInfo:
     """Describe ``root``; a git repository only when ``root`` is its top level."""
+    # One process for the common case (a branch or a detached HEAD with a commit); an
+    # unborn HEAD makes it fail and takes the longer way below.
+    proc = run(
+        Context(root),
+        "rev-parse",
+        "--show-toplevel",
+        "--absolute-git-dir",
+        "--git-common-dir",
+        "HEAD^{commit}",
+        "HEAD^{tree}",
+        "--symbolic-full-name",
+        "HEAD",
+        check=False,
+    )
+    lines = proc.stdout.decode("utf-8", "surrogateescape").splitlines()
+    if proc.returncode == 0 and len(lines) == 6:
+        if Path(lines[0]).resolve() != root.resolve():
+            return RepoInfo(root, None, None, None, None)
+        common = Path(lines[2])
+        if not common.is_absolute():
+            common = (root / common).resolve()
+        branch = lines[5] if lines[5].startswith("refs/") else None
+        return RepoInfo(root, Path(lines[1]), common, lines[3], branch, lines[4])
     proc = run(
         Context(root),
         "rev-parse",

@@ -10,14 +10,19 @@ Layout of one sandbox, all under one temporary folder ``base`` that removal dele
 
 The engine itself reads the tree with an explicit ``--git-dir``/``--work-tree`` and a
 fresh temporary index, so nothing inside the tree can hide a change from it.
+
+A task with ``sandbox.reuse`` gets its sandbox from ``pool.py`` instead: a worktree kept
+between runs and reset to the baseline; :func:`remove` then only hands it back.
 """
 
 from __future__ import annotations
 
 import contextlib
+import filecmp
 import os
 import shutil
 import stat
+import subprocess
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,6 +38,11 @@ PREFIX = "loopengine-"
 ROOT_ENV = "LOOPENGINE_SANDBOX_ROOT"
 _SHM = Path("/dev/shm")
 _SHM_MIN_FREE = 2 << 30
+# Check out with as many workers as there are CPUs (git's default is one).
+PARALLEL_CHECKOUT = ("-c", "checkout.workers=0")
+# Above this many bytes of index (about 3,000 files), `rm -rf` removes a tree faster
+# than shutil.rmtree does, by more than the cost of starting it.
+_LARGE_INDEX = 256 << 10
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,7 @@ class Sandbox:
     start_index: Path
     start_tree: str
     head: str | None
+    lock_fd: int | None = None  # held while a pool member is in use; None: a fresh sandbox
 
     def index(self, name: str) -> Path:
         return self.base / f"{name}.index"
@@ -146,26 +157,56 @@ def admin_dir_into(common_dir: Path | None, base: Path, since: float | None = No
 def _create_worktree(repo: git.RepoInfo, base: Path, overlay: Iterable[str]) -> Sandbox:
     assert repo.head is not None and repo.common_dir is not None
     tree = base / "tree"
-    with locked(repo.root, ".worktree.lock"):
-        git.run(repo.ctx, "worktree", "add", "--detach", "--quiet", str(tree), repo.head)
-    link = (tree / ".git").read_text().strip()
-    if not link.startswith("gitdir:"):
-        raise SandboxError(f"unexpected worktree link in {tree / '.git'}: {link!r}")
-    admin = Path(link.removeprefix("gitdir:").strip())
+    admin = add_worktree(repo, tree)
     ctx = git.Context(tree, git_dir=admin, work_tree=tree)
-    checked_out = admin / "index"
     start_index = base / "start.index"
     # copy2: an index keeps its mtime, or git's racy-clean check trusts stat data that a
     # same-second, same-size edit did not change, and the edit is missed.
-    shutil.copy2(checked_out, start_index)
-    paths = [p for p in overlay if not _is_runtime(p)]
-    _lay_overlay(repo.root, tree, paths)
-    _private_git(tree, repo.common_dir, head=repo.head, index=checked_out)
-    if paths:
-        start_tree = _write_tree(ctx.with_index(start_index))
-    else:
-        start_tree = git.out(repo.ctx, "rev-parse", f"{repo.head}^{{tree}}")
+    shutil.copy2(admin / "index", start_index)
+    start_tree = finish_tree(repo, ctx, start_index, overlay, admin / "index")
     return Sandbox("worktree", base, tree, ctx, admin, start_index, start_tree, repo.head)
+
+
+def add_worktree(repo: git.RepoInfo, tree: Path, *, checkout: bool = True) -> Path:
+    """Register a detached worktree at HEAD (checked out unless told not to); its admin dir."""
+    assert repo.head is not None
+    args = ["worktree", "add", "--detach", "--quiet", *([] if checkout else ["--no-checkout"])]
+    # Parallel `worktree add`/`remove` on one repository occasionally fail: take turns.
+    with locked(repo.root, ".worktree.lock"):
+        git.run(repo.ctx, *PARALLEL_CHECKOUT, *args, str(tree), repo.head)
+    link = (tree / ".git").read_text().strip()
+    if not link.startswith("gitdir:"):
+        raise SandboxError(f"unexpected worktree link in {tree / '.git'}: {link!r}")
+    return Path(link.removeprefix("gitdir:").strip())
+
+
+def finish_tree(
+    repo: git.RepoInfo, ctx: git.Context, start_index: Path, overlay: Iterable[str],
+    checked_out: Path,
+) -> str:
+    """Lay the overlay on a tree that holds HEAD, give it its private repository and an
+    empty ``work/``; the tree it starts from.
+
+    ``start_index`` holds HEAD with fresh stat data; the overlay is staged into it path
+    by path, so the tree is not scanned again.
+    """
+    assert repo.head is not None and repo.common_dir is not None and ctx.work_tree is not None
+    tree = ctx.work_tree
+    paths = _lay_overlay(repo.root, tree, [p for p in overlay if not _is_runtime(p)])
+    _private_git(tree, repo.common_dir, head=repo.head, index=checked_out)
+    (tree / "work").mkdir(exist_ok=True)
+    staged = ctx.with_index(start_index)
+    if paths:
+        data = "\0".join(paths).encode("utf-8", "surrogateescape") + b"\0"
+        proc = git.run(staged, "update-index", "--add", "--remove", "--replace", "-z",
+                       "--stdin", input=data, check=False)
+        if proc.returncode != 0:
+            # A path that became a folder, say: let git stage the whole tree instead.
+            return _write_tree(staged)
+        return git.out(staged, "write-tree")
+    if repo.head_tree is not None:
+        return repo.head_tree
+    return git.out(repo.ctx, "rev-parse", f"{repo.head}^{{tree}}")
 
 
 def _create_copy(repo: git.RepoInfo, base: Path) -> Sandbox:
@@ -186,17 +227,22 @@ def _create_copy(repo: git.RepoInfo, base: Path) -> Sandbox:
         scratch = base / "engine.git"
         git.run(git.Context(base), "init", "--bare", "--quiet", str(scratch))
         ctx = git.Context(tree, git_dir=scratch, work_tree=tree)
+    (tree / "work").mkdir(exist_ok=True)
     start_index = base / "start.index"
     start_tree = _write_tree(ctx.with_index(start_index))
     return Sandbox("copy", base, tree, ctx, None, start_index, start_tree, None)
 
 
-def _lay_overlay(root: Path, tree: Path, paths: list[str]) -> None:
-    """Copy the main tree's uncommitted state over the checkout."""
+def _lay_overlay(root: Path, tree: Path, paths: list[str]) -> list[str]:
+    """Copy the main tree's uncommitted state over the checkout; the paths it changed."""
+    changed = []
     for rel in paths:
         if rel.endswith("/"):
             continue  # an untracked nested repository: not part of this tree
         src, dst = root / rel, tree / rel
+        if _same_file(src, dst):
+            continue  # an artifact the engine lists whether or not it differs from HEAD
+        changed.append(rel)
         if os.path.lexists(dst) or dst.is_symlink():
             _unlink(dst)
         if not os.path.lexists(src):
@@ -208,6 +254,20 @@ def _lay_overlay(root: Path, tree: Path, paths: list[str]) -> None:
             # Not copy2: an old mtime would make git trust the stat data of a file
             # that a step rewrites (same size, mtime put back) within a second.
             shutil.copy(src, dst)
+    return changed
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Two regular files (not links) with the same content and executable bit."""
+    try:
+        sa, sb = a.lstat(), b.lstat()
+    except OSError:
+        return False
+    if not (stat.S_ISREG(sa.st_mode) and stat.S_ISREG(sb.st_mode)):
+        return False
+    if sa.st_size != sb.st_size or (sa.st_mode ^ sb.st_mode) & stat.S_IXUSR:
+        return False
+    return filecmp.cmp(a, b, shallow=False)
 
 
 def _unlink(path: Path) -> None:
@@ -234,7 +294,7 @@ def _private_git(
         "[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n"
     )
     if index is not None:
-        shutil.copyfile(index, dot_git / "index")
+        shutil.copy2(index, dot_git / "index")
 
 
 def _write_tree(ctx: git.Context) -> str:
@@ -267,18 +327,33 @@ def snapshot(sb: Sandbox, name: str) -> str:
 
 
 def remove(sb: Sandbox, repo: git.RepoInfo) -> None:
-    _remove_paths(sb.base, sb.admin_dir, repo)
+    """Delete a fresh sandbox; hand a pool member back (its reset waits for its next use)."""
+    if sb.lock_fd is not None:
+        os.close(sb.lock_fd)
+        return
+    try:
+        large = sb.start_index.stat().st_size > _LARGE_INDEX
+    except OSError:
+        large = False
+    _remove_paths(sb.base, sb.admin_dir, repo, large=large)
 
 
-def _remove_paths(base: Path, admin_dir: Path | None, repo: git.RepoInfo) -> None:
-    _rmtree(base)
+def _remove_paths(
+    base: Path, admin_dir: Path | None, repo: git.RepoInfo, *, large: bool = False
+) -> None:
+    _rmtree(base, large=large)
     if admin_dir is not None:
         # Unregister exactly our worktree; never a global `git worktree prune`.
         with locked(repo.root, ".worktree.lock"):
             _rmtree(admin_dir)
 
 
-def _rmtree(path: Path) -> None:
+def _rmtree(path: Path, *, large: bool = False) -> None:
+    if large and os.path.lexists(path):
+        with contextlib.suppress(OSError):  # no rm: shutil does it all
+            subprocess.run(["rm", "-rf", "--", str(path)], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+
     def onerror(func: object, p: str, exc: object) -> None:
         # A step may leave read-only folders behind; make them writable and retry.
         with contextlib.suppress(OSError):

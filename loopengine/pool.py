@@ -1,0 +1,367 @@
+"""A per-task pool of worktrees, reset to the baseline instead of made anew (``sandbox.reuse``).
+
+A fresh sandbox costs a checkout of every file and a delete of every file; a reused one
+costs a scan for what the last iteration changed.  Under the sandbox root:
+
+    loopengine-pool-<key>/      key: a hash of the repository's git dir and the task id
+        owner                   that git dir and task id, one a line
+        <i>.lock                flock, held by the run that uses member i
+        <i>/tree/               member i's working tree, registered in the repository
+                                (``git worktree list`` shows it)
+        <i>/admin               the path of its entry under ``.git/worktrees/``
+        <i>/state.json          the commit its index holds, and that index's stat data
+        <i>/*.index             the engine's temporary indexes
+
+A member is reset right before each use: the last run's private ``.git`` goes; if the
+baseline commit moved (or the index is not the one this module wrote), ``reset --hard``;
+``git clean -ffdx`` removes every untracked and ignored file, nested repositories and
+empty folders; one ``git status`` (and, alongside it, ``find`` for a ``.git`` a step left
+below the top) finds what else differs; ``checkout-index`` restores those files and a
+second ``status`` of them must come back empty.  Then the overlay, the private ``.git``
+and an empty ``work/``, as for a fresh sandbox.  Whatever cannot be reset is a
+``SandboxError`` (a ``crash``), and the member is deleted so that the next run makes a
+new one.
+
+The pool outlives the run: ``python -m loopengine.pool drop`` deletes a repository's
+pools (members in use are left alone), and a run of a task whose reuse is off deletes
+that task's pool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from loopengine import git, sandbox
+from loopengine.errors import GitError, SandboxError
+from loopengine.results import locked
+
+POOL_PREFIX = f"{sandbox.PREFIX}pool-"
+# Concurrent runs of one task beyond this many get fresh sandboxes.
+POOL_SIZE = 4
+# A restore of more paths than this is re-checked with a full status, not a path list.
+_MAX_LISTED = 1000
+
+
+@dataclass(frozen=True)
+class Member:
+    folder: Path
+    lock_fd: int
+
+    @property
+    def tree(self) -> Path:
+        return self.folder / "tree"
+
+
+def take(
+    repo: git.RepoInfo, task_id: str, run_id: str, overlay: Iterable[str], *, reuse: bool
+) -> sandbox.Sandbox:
+    """The sandbox for one run: a reset pool member when ``reuse``, else a fresh one.
+
+    Reuse needs a commit to reset to and a free member; otherwise the sandbox is fresh.
+    A task that no longer reuses gets its old pool deleted.
+    """
+    if not reuse or repo.head is None:
+        folder = pool_dir(repo, task_id)
+        if not reuse and folder is not None and folder.is_dir():
+            drop_pool(repo, folder)
+        return sandbox.create(repo, run_id, overlay)
+    member = _acquire(repo, task_id)
+    if member is None:
+        return sandbox.create(repo, run_id, overlay)
+    try:
+        return _prepare(member, repo, overlay)
+    except (GitError, SandboxError, OSError) as exc:
+        _discard(member, repo)
+        raise SandboxError(f"the reused sandbox could not be reset (it was deleted; the "
+                           f"next run makes a new one): {exc}") from exc
+    except BaseException:
+        os.close(member.lock_fd)  # interrupted: its state file is gone, so it gets a full reset
+        raise
+
+
+def pool_dir(repo: git.RepoInfo, task_id: str) -> Path | None:
+    if repo.common_dir is None:
+        return None
+    key = hashlib.sha256(f"{repo.common_dir}\0{task_id}".encode()).hexdigest()[:16]
+    return sandbox.sandbox_root() / f"{POOL_PREFIX}{key}"
+
+
+# ---------------------------------------------------------------------------
+# Taking a member
+
+
+def _acquire(repo: git.RepoInfo, task_id: str) -> Member | None:
+    folder = pool_dir(repo, task_id)
+    assert folder is not None
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    owner = folder / "owner"
+    if not owner.exists():
+        owner.write_text(f"{repo.common_dir}\n{task_id}\n")
+    for i in range(POOL_SIZE):
+        fd = _try_lock(folder / f"{i}.lock")
+        if fd is not None:
+            return Member(folder / str(i), fd)
+    return None
+
+
+def _try_lock(path: Path) -> int | None:
+    """An flock on ``path`` if free; None when another run holds it."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # `drop` unlinked the file between our open and our lock: again
+
+
+def _prepare(member: Member, repo: git.RepoInfo, overlay: Iterable[str]) -> sandbox.Sandbox:
+    tree = member.tree
+    admin = _admin_of(member)
+    if admin is None:
+        _remove_member(member.folder, repo)
+        member.folder.mkdir(mode=0o700)
+        admin = sandbox.add_worktree(repo, tree, checkout=False)
+        (member.folder / "admin").write_text(f"{admin}\n")
+    ctx = git.Context(tree, git_dir=admin, work_tree=tree)
+    _reset(member, repo, ctx, admin)
+    start_index = member.folder / "start.index"
+    shutil.copy2(admin / "index", start_index)  # copy2: see sandbox._create_worktree
+    start_tree = sandbox.finish_tree(repo, ctx, start_index, overlay, admin / "index")
+    return sandbox.Sandbox("worktree", member.folder, tree, ctx, admin, start_index,
+                           start_tree, repo.head, lock_fd=member.lock_fd)
+
+
+def _admin_of(member: Member) -> Path | None:
+    """The member's registered worktree entry, if the member is whole."""
+    try:
+        admin = Path((member.folder / "admin").read_text().strip())
+        gitdir = Path((admin / "gitdir").read_text().strip())
+    except OSError:
+        return None
+    if not member.tree.is_dir() or (admin / gitdir).resolve() != (member.tree / ".git").resolve():
+        return None
+    return admin
+
+
+# ---------------------------------------------------------------------------
+# The reset
+
+
+def _reset(member: Member, repo: git.RepoInfo, ctx: git.Context, admin: Path) -> None:
+    """Make the member's tree and index hold exactly ``repo.head``; SandboxError if not."""
+    assert repo.head is not None
+    state_file = member.folder / "state.json"
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError):
+        state = None
+    state_file.unlink(missing_ok=True)  # a reset cut short must not look finished
+    sandbox._rmtree(member.tree / ".git")  # the last run's private repository
+    (admin / "index.lock").unlink(missing_ok=True)  # a git killed with its run; the member is ours
+    full = state != {"head": repo.head, "index": _stat_key(admin / "index")}
+    while True:
+        if full:
+            git.run(ctx, *sandbox.PARALLEL_CHECKOUT, "-c", "core.logAllRefUpdates=false",
+                    "reset", "--hard", "--quiet", "--no-recurse-submodules", repo.head)
+        git.run(ctx, "clean", "-ffdxq")
+        with _nested_git(member.tree) as nested:
+            changed, other = _status(ctx)
+        for path in nested:
+            sandbox._rmtree(path)  # git never looks inside a `.git`; a fresh tree has none
+        if not other:
+            break
+        if full:
+            raise SandboxError(f"{member.tree}: still differs from {repo.head[:12]} after a "
+                               f"reset: {', '.join(other[:5])}")
+        full = True  # an index that does not match its commit: start over with reset --hard
+    if changed:
+        data = "\0".join(changed).encode("utf-8", "surrogateescape") + b"\0"
+        git.run(ctx, *sandbox.PARALLEL_CHECKOUT, "checkout-index", "-f", "-u", "-z", "--stdin",
+                input=data)
+        left, other = _status(ctx, changed if len(changed) <= _MAX_LISTED else None)
+        if left or other:
+            raise SandboxError(f"{member.tree}: could not restore {', '.join((left + other)[:5])}")
+    state_file.write_text(json.dumps({"head": repo.head, "index": _stat_key(admin / "index")}))
+
+
+def _status(ctx: git.Context, paths: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """(tracked files that differ from the index, every other difference as ``XY path``)."""
+    args = ["status", "--porcelain=v1", "-z", "--untracked-files=all", "--ignored=matching",
+            "--no-renames", "--ignore-submodules=none"]
+    if paths is not None:
+        args = ["--literal-pathspecs", *args, "--", *paths]
+    changed, other = [], []
+    # Let status write back what it re-hashed: files the reset wrote in the same second
+    # as the index are "racily clean", and would be re-hashed by every later scan.
+    out = git.run(ctx, *args, env={"GIT_OPTIONAL_LOCKS": "1"}).stdout
+    for item in out.split(b"\0"):
+        if len(item) < 4:
+            continue
+        xy, path = item[:2].decode(), item[3:].decode("utf-8", "surrogateescape")
+        if xy[0] == " " and xy[1] in "MDT":
+            changed.append(path)
+        else:
+            other.append(f"{xy} {path}")
+    return changed, other
+
+
+@contextlib.contextmanager
+def _nested_git(tree: Path) -> Iterator[list[Path]]:
+    """``.git`` entries below the top of ``tree``, looked for while the block runs."""
+    found: list[Path] = []
+    try:
+        proc = subprocess.Popen(["find", str(tree), "-mindepth", "2", "-name", ".git",
+                                 "-prune", "-print0"], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    except OSError:  # no find: walk in Python (slower, same answer)
+        proc = None
+    try:
+        yield found
+    finally:
+        if proc is None:
+            for folder, dirs, files in os.walk(tree):
+                if folder != str(tree):
+                    found.extend(Path(folder, n) for n in dirs + files if n == ".git")
+                dirs[:] = [d for d in dirs if d != ".git"]
+        else:
+            out, _ = proc.communicate()
+            found.extend(Path(os.fsdecode(p)) for p in out.split(b"\0") if p)
+
+
+def _stat_key(path: Path) -> list[int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return [st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+# ---------------------------------------------------------------------------
+# Deleting members and pools
+
+
+def _discard(member: Member, repo: git.RepoInfo) -> None:
+    try:
+        _remove_member(member.folder, repo)
+    finally:
+        os.close(member.lock_fd)
+
+
+def _remove_member(folder: Path, repo: git.RepoInfo) -> None:
+    """Delete a member's folder and unregister its worktree (never a global prune)."""
+    with locked(repo.root, ".worktree.lock"):
+        sandbox._rmtree(folder, large=True)
+        for admin in _admins_into(repo, folder):
+            sandbox._rmtree(admin)
+
+
+def _admins_into(repo: git.RepoInfo, folder: Path) -> list[Path]:
+    """The repository's worktree entries whose tree lies inside ``folder``."""
+    assert repo.common_dir is not None
+    folder = folder.resolve()
+    found = []
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(repo.common_dir / "worktrees"):
+            try:
+                gitdir = Path(entry.path, "gitdir").read_text().strip()
+            except OSError:
+                continue
+            if (Path(entry.path) / gitdir).resolve().is_relative_to(folder):
+                found.append(Path(entry.path))
+    return found
+
+
+def drop_pool(repo: git.RepoInfo, folder: Path) -> tuple[int, int]:
+    """Delete the members of one pool that no run holds; (deleted, in use)."""
+    deleted = busy = 0
+    for lock in sorted(folder.glob("*.lock")):
+        fd = _try_lock(lock)
+        if fd is None:
+            busy += 1
+            continue
+        try:
+            _remove_member(folder / lock.stem, repo)
+            lock.unlink()  # while held: a run that opened it finds the inode changed
+            deleted += 1
+        finally:
+            os.close(fd)
+    if not busy:
+        for name in ("owner",):
+            (folder / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+    return deleted, busy
+
+
+def pools(repo: git.RepoInfo) -> list[tuple[Path, str]]:
+    """The pools of ``repo`` under the sandbox root, with their task ids."""
+    found = []
+    for folder in sorted(sandbox.sandbox_root().glob(f"{POOL_PREFIX}*")):
+        try:
+            common, task_id = (folder / "owner").read_text().splitlines()[:2]
+        except (OSError, ValueError):
+            continue
+        if Path(common) == repo.common_dir:
+            found.append((folder, task_id))
+    return found
+
+
+# ---------------------------------------------------------------------------
+# python -m loopengine.pool
+
+
+def _repo(path: str | None) -> git.RepoInfo:
+    root = Path(path).resolve() if path else git.toplevel(Path.cwd())
+    info = git.repo_info(root) if root else None
+    if info is None or not info.is_git:
+        raise click.ClickException("not a git repository (use --repo)")
+    return info
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """The sandbox pools (sandbox.reuse) of a repository, under the sandbox root."""
+
+
+@main.command("list")
+@click.option("--repo", type=click.Path(exists=True, file_okay=False), help="Repository root.")
+def list_pools(repo: str | None) -> None:
+    """Show each pool, its task and its members' worktrees."""
+    for folder, task_id in pools(_repo(repo)):
+        members = sorted(p.name for p in folder.iterdir() if p.is_dir())
+        click.echo(f"{task_id}\t{folder}\t{', '.join(members) or 'no members'}")
+
+
+@main.command()
+@click.option("--repo", type=click.Path(exists=True, file_okay=False), help="Repository root.")
+@click.option("--task", "task_id", help="Only this task's pool (default: all of them).")
+def drop(repo: str | None, task_id: str | None) -> None:
+    """Delete the pools' worktrees (members in use by a run are left alone)."""
+    info = _repo(repo)
+    for folder, owner_task in pools(info):
+        if task_id is None or task_id == owner_task:
+            deleted, busy = drop_pool(info, folder)
+            click.echo(f"{owner_task}: {deleted} deleted" + (f", {busy} in use" if busy else ""))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
