@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BIN, PY, Repo, default_task
+from conftest import BIN, PY, Repo, assert_guarantees, default_task, snapshot
 
 NOTES = "tasks/demo/notes.md"
 
@@ -420,3 +421,26 @@ def test_a_fast_same_size_edit_is_seen(
     else:
         assert rec["status"] == "keep", rec["reason"]
         assert repo.read(NOTES) == "other\n"
+
+
+def test_a_fast_same_size_edit_is_seen_in_a_copy_sandbox(
+    tmp_path: Path, isolated_env: Path, marker: Path
+) -> None:
+    # The copy keeps no old mtimes that would make git trust a rewritten file's stat data.
+    r = Repo(tmp_path / "plain", git=False)
+    r.write("README.md", "a project\n")
+    r.write(NOTES, "first\n")
+    r.write_task(default_task(
+        mutator__command="t=$(stat -c %Y README.md) && printf 'b project\\n' > README.md && "
+                         "touch -d @$t README.md && sleep 1.1",
+        mutator__cwd=".", runner__command=f"touch {shlex.quote(str(marker))}"))
+    time.sleep(1.1)  # the files are older than the second the sandbox is made in
+    before = snapshot(r, isolated_env)
+    result = r.run()
+    assert_guarantees(r, before, isolated_env, result.record)
+    rec = result.record
+    assert rec["sandbox"] == "copy"
+    assert_discarded_before_runner(rec, result.code, marker, [
+        {"rule": "not_an_artifact", "path": "README.md", "limit": [NOTES],
+         "actual": "README.md"},
+    ])
