@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any
 from loopengine import decide as decide_mod
 from loopengine import diff as diff_mod
 from loopengine import faults, git, journal, pool, recovery, sandbox, score, sync, tripwire
-from loopengine.errors import Interrupted, LoopError
+from loopengine.errors import Interrupted, LoopError, SandboxError
 from loopengine.process import StepResult, log_tail, run_step, step_env
 from loopengine.progress import Reporter
 from loopengine.results import (
@@ -314,7 +315,18 @@ class _Iteration:
         # What the mutator left in work/, .venv/ or .pytest_cache/ is not validated, so the
         # runner and scorer must not see it (a planted .venv/bin/python could fake a score).
         sandbox.clear_runtime(self.sb.tree)
-        cand_tree = sandbox.snapshot(self.sb, "candidate")
+        try:
+            cand_tree = sandbox.snapshot(self.sb, "candidate")
+        except SandboxError as exc:
+            # `git add` refuses a nested repository with no commit: a discard naming it,
+            # like any nested repository, not a crash.
+            nested = _NESTED_NO_COMMIT.findall(str(exc))
+            if not nested:
+                raise
+            found = [diff_mod.violation("submodule", path.rstrip("/"), "regular files only",
+                                        "git repository") for path in nested]
+            raise Verdict(decide_mod.Decision("discard", diff_mod.describe(found),
+                                              violations=found)) from exc
         self.cand_tree = cand_tree
         self.stats = diff_mod.read_diff(self.sb.ctx, self.sb.start_tree, cand_tree)
         if self.stats.files:
@@ -480,6 +492,9 @@ class _Iteration:
             log_tail=self.tail if decision.status == "crash" else None,
             extra=self.extra,
         )
+
+
+_NESTED_NO_COMMIT = re.compile(r"error: '([^\n]+?)' does not have a commit checked out")
 
 
 def _apply_failure(output: str) -> str:
