@@ -171,9 +171,10 @@ def _roll_files_forward(root: Path, repo: git.RepoInfo, intent: dict[str, Any]) 
         source = git.Context(root, git_dir=Path(objects)) if objects else repo.ctx
         sync.write_files(root, source, todo)
     if intent.get("commits") and repo.is_git:
-        paths = [f.path for f in todo + done]
-        current = index_entries(repo, paths)
-        ours = [f for f in todo + done if current[f.path] == intent["index"].get(f.path)]
+        # An index entry still as it was before the keep follows the commit, as in the keep
+        # itself, even where the user edited the file since: that edit stays unstaged.
+        current = index_entries(repo, [f.path for f in changes])
+        ours = [f for f in changes if current[f.path] == intent["index"].get(f.path)]
         if ours:
             sync.update_user_index(repo, ours)
     return theirs
