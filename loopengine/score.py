@@ -56,7 +56,7 @@ def parse_output(stdout: str, parse: Parse) -> tuple[float, dict[str, Any]]:
             parse_float=_finite_float,
             parse_int=_bounded_int,
         )
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
         first = text.splitlines()[0][:120]
         raise ScoreError(
             f"the scorer's output is not one JSON object ({exc.args[0]}); it begins {first!r}"
