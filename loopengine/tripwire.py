@@ -8,6 +8,12 @@ refs and HEAD, the config, hooks, ``info/``, ``objects/info/alternates`` and the
 reflog: small files and one ``for-each-ref`` -- and afterwards :meth:`Tripwire.restore`
 puts every difference back and names it; the step is then a ``crash``.
 
+Several runs may watch one repository at once, and their steps' windows overlap: a run
+must never "put back" what another run just repaired (that would plant a removed hook
+again).  Every repair is written to ``work/tripwire.jsonl``; a difference that is exactly
+another run's repair is left alone, and a repair made while this run's step ran makes
+this step a crash too (it may have been this step's doing).
+
 One change is the user's to make while a step runs (contract section 7): a commit on the
 checked-out branch.  The current branch (or a detached HEAD) moving *forward* is left
 alone unless its reflog shows that a step made the move: steps run with
@@ -20,20 +26,26 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import stat
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from loopengine import git
 from loopengine.errors import GitError
+from loopengine.results import WORK_DIR, locked
 
 # Files larger than this are compared by digest and cannot be put back.
 MAX_FILE = 1 << 20
 # A hooks folder or info/ with more entries than this is not a hooks folder: stop there.
 MAX_ENTRIES = 2000
 _FORMAT = "%(refname)%00%(objectname)%00%(symref)"
+REPAIRS = "tripwire.jsonl"  # under work/
+_REPAIRS_TAIL = 256 << 10
 
 
 def marker(run_id: str) -> str:
@@ -55,6 +67,7 @@ class Snapshot:
     files: dict[str, Entry]  # absolute path -> what was there
     reflogs: dict[str, int]  # reflog path -> its size, to read what a step appended
     packed: bytes | None  # packed-refs, put back only if a step left it unreadable
+    time: float  # wall clock when it was taken, to find other runs' repairs since
 
 
 class Tripwire:
@@ -63,6 +76,9 @@ class Tripwire:
     def __init__(self, repo: git.RepoInfo, run_id: str) -> None:
         assert repo.git_dir is not None and repo.common_dir is not None
         self.repo = repo
+        self.run_id = run_id
+        self.repaired: list[list[Any]] = []  # [kind, name, from, to] of this restore
+        self.explained: set[tuple[str, str, str, str]] = set()  # other runs' repairs
         self.marker = marker(run_id).encode()
         common, own = repo.common_dir, repo.git_dir
         self.head_file = own / "HEAD"
@@ -86,6 +102,7 @@ class Tripwire:
 
     def take(self) -> Snapshot:
         assert self.repo.common_dir is not None
+        started = time.time()
         files: dict[str, Entry] = {}
         for path in self.paths:
             _walk(path, files)
@@ -99,7 +116,7 @@ class Tripwire:
         except OSError:
             packed = None
         return Snapshot(self._refs(), self._loose(), files,
-                        {str(p): _size(p) for p in reflogs}, packed)
+                        {str(p): _size(p) for p in reflogs}, packed, started)
 
     def _refs(self) -> dict[str, tuple[str, str]]:
         proc = git.run(self.repo.ctx, "for-each-ref", f"--format={_FORMAT}", check=False)
@@ -125,6 +142,17 @@ class Tripwire:
 
     def restore(self, before: Snapshot) -> list[str]:
         """Put back whatever differs from ``before``; says what it was, [] when nothing."""
+        with locked(self.repo.root, ".tripwire.lock"):  # runs repair one at a time
+            others = self._others_repairs(before.time)
+            self.explained = {(kind, name, _key(old), _key(new))
+                              for _run, kind, name, old, new, _what in others}
+            self.repaired = []
+            changes = self._restore(before)
+            self._log_repairs(changes)
+        return changes + [f"{what} (put back by run {run}, while this step ran)"
+                          for run, _kind, _name, _old, _new, what in others]
+
+    def _restore(self, before: Snapshot) -> list[str]:
         changes = []
         try:
             after = self.take()
@@ -189,8 +217,9 @@ class Tripwire:
         changes = []
         for name in sorted(set(before.refs) | set(after.refs)):
             old, new = before.refs.get(name), after.refs.get(name)
-            if old == new or name in own:
+            if old == new or name in own or self._explained("ref", name, old, new):
                 continue
+            self.repaired.append(["ref", name, new, old])
             if old is None:
                 assert new is not None
                 what = f"{name} created"
@@ -236,7 +265,11 @@ class Tripwire:
     def _restore_files(self, before: Snapshot, after: Snapshot, *, skip_head: bool) -> list[str]:
         changed = sorted(p for p in set(before.files) | set(after.files)
                          if before.files.get(p) != after.files.get(p)
-                         and not (skip_head and p == str(self.head_file)))
+                         and not (skip_head and p == str(self.head_file))
+                         and not self._explained("file", p, _digest(before.files.get(p)),
+                                                 _digest(after.files.get(p))))
+        self.repaired += [["file", p, _digest(after.files.get(p)), _digest(before.files.get(p))]
+                          for p in changed]
         # Remove what is new or of another kind, deepest first; then put back, top first.
         for path in reversed(changed):
             old, new = before.files.get(path), after.files.get(path)
@@ -274,6 +307,55 @@ class Tripwire:
         with contextlib.suppress(ValueError):
             return Path(path).relative_to(self.repo.root).as_posix()
         return path
+
+
+    def _explained(self, kind: str, name: str, old: Any, new: Any) -> bool:
+        """Whether going from ``old`` to ``new`` is exactly another run's repair."""
+        return (kind, name, _key(old), _key(new)) in self.explained
+
+    def _others_repairs(self, since: float) -> list[tuple[str, str, str, Any, Any, str]]:
+        """Other runs' repairs logged since ``since``: (run, kind, name, from, to, what)."""
+        path = self.repo.root / WORK_DIR / REPAIRS
+        try:
+            with open(path, "rb") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, size - _REPAIRS_TAIL))
+                raw = fh.read()
+        except OSError:
+            return []
+        found = []
+        for line in raw.splitlines():
+            try:
+                item = json.loads(line)
+                if item["run"] == self.run_id or item["time"] < since - 1:
+                    continue
+                for kind, name, old, new in item["repaired"]:
+                    found.append((item["run"], kind, name, old, new,
+                                  name if kind == "ref" else self._name(name)))
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn or foreign line
+        return found
+
+    def _log_repairs(self, changes: list[str]) -> None:
+        if not self.repaired:
+            return
+        line = json.dumps({"run": self.run_id, "time": time.time(), "repaired": self.repaired,
+                           "changes": changes}, ensure_ascii=False)
+        path = self.repo.root / WORK_DIR / REPAIRS
+        with open(path, "ab") as fh:
+            fh.write(line.encode("utf-8", "surrogateescape") + b"\n")
+
+
+def _key(value: Any) -> str:
+    return json.dumps(value)
+
+
+def _digest(entry: Entry | None) -> str | None:
+    if entry is None:
+        return None
+    h = hashlib.sha256(f"{entry.kind}\0{entry.mode}\0".encode())
+    h.update(entry.data)
+    return h.hexdigest()
 
 
 def _hooks_path(repo: git.RepoInfo) -> Path | None:

@@ -182,3 +182,24 @@ def test_a_hooks_path_outside_the_repository_is_watched(repo: Repo, tmp_path: Pa
     (hooks / "pre-commit").write_text("#!/bin/sh\nexit 0\n")
     assert watch.restore(before) == [f"{hooks}/pre-commit created"]
     assert list(hooks.iterdir()) == []
+
+
+def test_a_run_never_puts_back_what_another_run_repaired(repo: Repo) -> None:
+    # Run A's step plants a hook and a tag; run B's step starts after that and ends after
+    # A has repaired them: B must not "restore" them, and its step is suspect too.
+    info = git.repo_info(repo.path)
+    a, b = tripwire.Tripwire(info, "A"), tripwire.Tripwire(info, "B")
+    hooks = repo.path / ".git" / "hooks"
+    a_before = a.take()
+    hooks.mkdir(exist_ok=True)
+    (hooks / "pre-commit").write_text("#!/bin/sh\necho planted\n")
+    repo.git("tag", "planted")
+    b_before = b.take()
+    a_changes = a.restore(a_before)
+    assert "refs/tags/planted created" in a_changes
+    assert ".git/hooks/pre-commit created" in a_changes
+    b_changes = b.restore(b_before)
+    assert not (hooks / "pre-commit").exists()
+    assert repo.git("tag") == ""
+    assert "refs/tags/planted (put back by run A, while this step ran)" in b_changes
+    assert all("put back by run A" in c for c in b_changes), b_changes
