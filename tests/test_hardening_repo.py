@@ -203,3 +203,15 @@ def test_a_run_never_puts_back_what_another_run_repaired(repo: Repo) -> None:
     assert repo.git("tag") == ""
     assert "refs/tags/planted (put back by run A, while this step ran)" in b_changes
     assert all("put back by run A" in c for c in b_changes), b_changes
+
+
+def test_a_step_that_tampers_and_then_times_out_is_still_put_back(repo: Repo, guarded,
+                                                                 tmp_path: Path) -> None:
+    body = 'git -C "$MAIN" tag left-behind\nexec sleep 60'
+    repo.write_task(default_task(runner__command=attack_script(tmp_path, repo.path, body),
+                                 runner__timeout_seconds=1))
+    repo.commit("task")
+    rec = check_record(repo, guarded())
+    assert rec["status"] == "crash" and rec["crash_kind"] == "runner"
+    assert "refs/tags/left-behind created" in rec["reason"]
+    assert repo.git("tag") == ""
