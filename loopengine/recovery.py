@@ -13,6 +13,7 @@ anything it did not make, never a global ``git worktree prune``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from loopengine import journal
+from loopengine.errors import LoopError
 from loopengine.process import kill_tagged
 from loopengine.results import (
     DEFAULT_RESULTS,
@@ -137,13 +139,25 @@ def _settle_record(root: Path, run_id: str, own_run_id: str) -> None:
     results_path = str(meta.get("results_path") or DEFAULT_RESULTS)
     saved = _read_json(folder / "record.json")
     if saved is not None:
-        # Killed between record.json and the results line: append the line it lacks.
-        if not _has_line(root / results_path, run_id):
+        # Killed between record.json and the results line: append the line it lacks
+        # (where save_record would have put it: the default file if the task's is unusable).
+        if not any(_has_line(root / p, run_id) for p in (results_path, DEFAULT_RESULTS)):
+            line = json.dumps(saved, ensure_ascii=False, separators=(",", ":"),
+                              allow_nan=False)
             with locked(root):
-                append_line(root / results_path, json.dumps(
-                    saved, ensure_ascii=False, separators=(",", ":"), allow_nan=False))
+                try:
+                    append_line(root / results_path, line)
+                except OSError:
+                    append_line(root / DEFAULT_RESULTS, line)
         return
-    record = journal.complete(root, folder, own_run_id)
+    try:
+        record = journal.complete(root, folder, own_run_id)
+    except (LoopError, OSError, ValueError, KeyError, TypeError) as exc:
+        # A journal that cannot be finished must not make every later run crash too.
+        record = _lost_record(run_id, meta, own_run_id)
+        record = dataclasses.replace(record, reason=f"{record.reason}; its keep could not be "
+                                     f"finished ({type(exc).__name__}: {exc}); look at "
+                                     f"work/runs/{run_id}/journal.jsonl")
     if record is None:
         record = _lost_record(run_id, meta, own_run_id)
     save_record(root, results_path, record)

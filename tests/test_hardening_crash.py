@@ -123,3 +123,18 @@ def test_a_record_lost_between_record_json_and_the_results_line_is_appended_once
     lines = (repo.path / "work" / "results.jsonl").read_bytes().splitlines()
     assert lines[0] == b'{"torn": tr'  # a torn line is ended, never merged into
     assert [json.loads(line) for line in lines[1:]] == [record.to_dict()]
+
+
+def test_a_journal_that_cannot_be_finished_still_gives_one_crash_record(repo: Repo) -> None:
+    run_id = "20260101T000000000000Z-fedcba"
+    folder = repo.path / "work" / "runs" / run_id
+    folder.mkdir(parents=True)
+    (folder / "journal.jsonl").write_text('{"step": "intent", "record": {}}\n')
+    active = repo.path / recovery.ACTIVE
+    active.mkdir(parents=True)
+    (active / run_id).touch()
+    assert recovery.clean_leftovers(repo.path, "me") == [run_id]
+    [rec] = repo.results()
+    assert rec["run_id"] == run_id and rec["status"] == "crash"
+    assert "its keep could not be finished (KeyError" in rec["reason"]
+    assert recovery.clean_leftovers(repo.path, "me") == []
