@@ -17,7 +17,20 @@ from typing import Any
 
 from loopengine import decide as decide_mod
 from loopengine import diff as diff_mod
-from loopengine import faults, git, journal, pool, recovery, sandbox, score, sync, tripwire
+from loopengine import (
+    faults,
+    fingerprint,
+    git,
+    journal,
+    pool,
+    recovery,
+    sandbox,
+    score,
+    stats,
+    sync,
+    tripwire,
+)
+from loopengine import measure as measure_mod
 from loopengine.errors import Interrupted, LoopError, SandboxError
 from loopengine.process import StepResult, log_tail, run_step, step_env
 from loopengine.progress import Reporter
@@ -128,6 +141,9 @@ class _Iteration:
         self.internal_traceback: str | None = None
         self.extra: dict[str, Any] = {}
         self.frozen: dict[str, str] = {}
+        self.fingerprint: str | None = None
+        self.plan: measure_mod.Plan | None = None
+        self.measured: measure_mod.Measurement | None = None
         self.tripwire: tripwire.Tripwire | None = None
         self.journal = journal.Journal(self.run_dir)
         self.alive = recovery.Alive(self.root, self.run_id)
@@ -144,6 +160,7 @@ class _Iteration:
         overlay = self.check_repo_state()
         self.snapshot_baseline()
         self.make_sandbox(overlay)
+        self.choose_baseline()
         faults.point("after_sandbox")
         if self.opts.patch_file is not None:
             self.apply_patch(self.opts.patch_file)
@@ -152,9 +169,7 @@ class _Iteration:
         faults.point("after_mutator")
         frozen = self.validate()
         faults.point("after_validation")
-        self.run("runner", self.task.runner)
-        stdout = self.run("scorer", self.task.scorer, capture=True)
-        self.score, self.metrics = self.parse_score(stdout)
+        self.measure()
         self.recheck_artifacts(frozen)
         self.decision = decide_mod.decide(
             score=self.score,
@@ -165,6 +180,7 @@ class _Iteration:
             metrics=self.metrics,
             has_change=bool(self.stats.files),
             keep_when_no_baseline=self.task.policy.keep_when_no_baseline,
+            verdict=self.measured.look if self.measured else None,
         )
         if self.decision.status == "crash":
             raise StepCrash(self.decision.crash_kind or "scorer", self.decision.reason)
@@ -205,6 +221,16 @@ class _Iteration:
         self.stored = load_baseline(self.root, self.task.id)
         if self.stored is not None and self.stored.artifacts == sync.digest(self.start_state):
             self.baseline = self.stored
+
+    def choose_baseline(self) -> None:
+        """The stored baseline only if this very evaluation measured it; else measure again."""
+        assert self.task is not None and self.sb is not None
+        self.fingerprint = fingerprint.compute(self.task, self.sb.ctx, self.sb.start_tree)
+        self.plan = measure_mod.plan(self.task, self.baseline, self.fingerprint)
+        if self.plan.source != "stored":
+            self.baseline = None  # never compared: it is measured again, or there is none
+        if self.plan.why:
+            self.report.info(f"the baseline is measured again: {self.plan.why}")
 
     def make_sandbox(self, overlay: list[str]) -> None:
         assert self.repo is not None and self.task is not None
@@ -339,6 +365,29 @@ class _Iteration:
         self.frozen = sync.artifact_state(self.sb.tree, self.task)
         return self.frozen
 
+    def measure(self) -> None:
+        """Runner and scorer as often as the policy asks, the baseline interleaved."""
+        assert self.task is not None and self.sb is not None and self.plan is not None
+        # With repeats, the step logs say which measurement each part belongs to.
+        marked = self.task.policy.repeats > 1
+        evaluator = measure_mod.Evaluator(
+            self.task, self.sb, self.stats.files, self.run, self.parse_score,
+            log_dir=self.run_dir if marked else None, phase=self.report.phase)
+        self.measured = measure_mod.Measurement(baseline=list(self.plan.stored))
+        try:
+            measure_mod.measure(self.task, evaluator, self.plan, self.measured,
+                                has_change=bool(self.stats.files),
+                                time_left=lambda: self.deadline - time.monotonic())
+        finally:
+            self.score, self.metrics = self.measured.score, self.measured.metrics
+        if self.measured.baseline and self.plan.source != "none":
+            self.baseline = Baseline(
+                score=stats.mean(self.measured.baseline),
+                artifacts=sync.digest(self.start_state), run_id=self.run_id,
+                fingerprint=self.fingerprint, scores=tuple(self.measured.baseline))
+        if self.measured.stop is not None:
+            raise Verdict(self.measured.stop)
+
     def parse_score(self, stdout: str) -> tuple[float, dict[str, Any]]:
         try:
             return score.parse_output(stdout, self.task.parse)  # type: ignore[union-attr]
@@ -358,25 +407,38 @@ class _Iteration:
     def conclude(self) -> None:
         assert self.task is not None and self.decision is not None and self.score is not None
         keep = self.decision.status == "keep"
-        records_baseline = keep or (self.baseline is None and not self.stats.files)
-        if not records_baseline:
+        new = self.next_baseline(keep)
+        if new is None:
             return
+        # A discard that only measured the baseline afresh stores it if nothing moved.
+        decides = keep or self.plan is None or self.plan.source == "none"
         with locked(self.root):
             if load_baseline(self.root, self.task.id) != self.stored:
-                self.decision = decide_mod.Decision(
-                    "discard", "baseline changed during run; another iteration kept first")
+                if decides:
+                    self.decision = decide_mod.Decision(
+                        "discard", "baseline changed during run; another iteration kept first")
                 return
             if sync.artifact_state(self.root, self.task) != self.start_state:
-                self.decision = decide_mod.Decision(
-                    "discard", "the main tree's artifacts changed while the iteration ran")
+                if decides:
+                    self.decision = decide_mod.Decision(
+                        "discard", "the main tree's artifacts changed while the iteration ran")
                 return
             self.write_intent(keep)
             if keep and self.stats.files:
                 self.sync()
-            state = sync.artifact_state(self.root, self.task)
-            store_baseline(self.root, self.task.id, Baseline(
-                score=self.score, artifacts=sync.digest(state), run_id=self.run_id))
+            store_baseline(self.root, self.task.id, new)
             self.journal.write("baseline")
+
+    def next_baseline(self, keep: bool) -> Baseline | None:
+        """What this iteration stores as the baseline, if anything."""
+        assert self.task is not None and self.measured is not None and self.plan is not None
+        new = measure_mod.new_baseline(self.measured, self.plan, kept=keep,
+                                       has_change=bool(self.stats.files))
+        if new is None:
+            return None
+        state = self.frozen if keep and self.stats.files else self.start_state
+        return Baseline(score=new[0], artifacts=sync.digest(state), run_id=self.run_id,
+                        fingerprint=self.fingerprint, scores=new[1])
 
     def write_intent(self, keep: bool) -> None:
         """All that recovery needs to finish this keep, written before its first write."""
@@ -384,6 +446,8 @@ class _Iteration:
         assert self.score is not None
         changes = list(self.stats.files) if keep else []
         commits = bool(changes) and self.task.policy.commit_on_keep and self.repo.is_git
+        baseline = self.next_baseline(keep)
+        assert baseline is not None
         self.journal.intent(
             record=self.build_record(),
             changes=changes,
@@ -391,8 +455,7 @@ class _Iteration:
             frozen=self.frozen,
             index=journal.index_entries(self.repo, [f.path for f in changes]) if commits else {},
             stored=self.stored,
-            baseline=Baseline(score=self.score, artifacts=sync.digest(self.frozen),
-                              run_id=self.run_id),
+            baseline=baseline,
             objects=None if self.repo.is_git else self.sb.ctx.git_dir,
             commits=commits,
         )
@@ -490,7 +553,9 @@ class _Iteration:
             crash_kind=decision.crash_kind if decision.status == "crash" else None,
             violations=decision.violations,
             log_tail=self.tail if decision.status == "crash" else None,
-            extra=self.extra,
+            extra={**measure_mod.record_fields(task, self.measured, self.plan, self.fingerprint,
+                                               self.baseline),
+                   **self.extra},
         )
 
 
