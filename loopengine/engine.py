@@ -127,6 +127,7 @@ class _Iteration:
         self.task: Task | None = None
         self.repo: git.RepoInfo | None = None
         self.sb: sandbox.Sandbox | None = None
+        self.reserved: pool.Reservation | None = None
         self.deadline = self.t0
         self.stats: diff_mod.DiffStats = diff_mod.EMPTY
         self.decision: decide_mod.Decision | None = None
@@ -157,6 +158,7 @@ class _Iteration:
         self.alive.note_task(self.task.id, self.task.results_path)
         self.deadline = self.t0 + self.task.max_seconds
         self.repo = git.repo_info(self.root)
+        self.reserve_sandbox()
         overlay = self.check_repo_state()
         self.snapshot_baseline()
         self.make_sandbox(overlay)
@@ -232,14 +234,21 @@ class _Iteration:
         if self.plan.why:
             self.report.info(f"the baseline is measured again: {self.plan.why}")
 
+    def reserve_sandbox(self) -> None:
+        """With sandbox.reuse, start resetting a pool member while the main tree is read."""
+        assert self.repo is not None and self.task is not None
+        if not self.opts.keep_sandbox:  # a kept sandbox is never a pool member
+            self.reserved = pool.reserve(self.repo, self.task.id,
+                                         reuse=self.task.sandbox_reuse)
+
     def make_sandbox(self, overlay: list[str]) -> None:
         assert self.repo is not None and self.task is not None
         self.report.phase("sandbox")
-        if self.opts.keep_sandbox:  # the user will look at it: never a pool member
+        if self.opts.keep_sandbox:
             self.sb = sandbox.create(self.repo, self.run_id, overlay)
         else:
             self.sb = pool.take(self.repo, self.task.id, self.run_id, overlay,
-                                reuse=self.task.sandbox_reuse)
+                                reuse=self.task.sandbox_reuse, reserved=self.reserved)
         self.alive.note_sandbox(self.sb)
 
     # -- steps ------------------------------------------------------------------
@@ -504,6 +513,8 @@ class _Iteration:
         self.tail = tail
 
     def cleanup(self) -> None:
+        if self.reserved is not None:
+            self.reserved.cancel()  # unless the sandbox took it over
         if self.sb is None or self.repo is None:
             return
         if self.opts.keep_sandbox:

@@ -36,6 +36,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,31 +64,105 @@ class Member:
         return self.folder / "tree"
 
 
-def take(
-    repo: git.RepoInfo, task_id: str, run_id: str, overlay: Iterable[str], *, reuse: bool
-) -> sandbox.Sandbox:
-    """The sandbox for one run: a reset pool member when ``reuse``, else a fresh one.
+class Reservation:
+    """A pool member being reset in a thread of its own.
 
-    Reuse needs a commit to reset to and a free member; otherwise the sandbox is fresh.
-    A task that no longer reuses gets its old pool deleted.
+    The reset needs nothing from the main tree, so it runs while the engine reads the
+    main tree's status (the two scans then share the machine's cores).
     """
+
+    def __init__(self, member: Member, repo: git.RepoInfo) -> None:
+        self.member = member
+        self.repo = repo
+        self._ready: tuple[Path, git.Context] | None = None
+        self._error: BaseException | None = None
+        self._settled = False  # handed to a Sandbox, handed back or deleted: hands off
+        self._thread = threading.Thread(target=self._reset, name="loopengine-pool")
+        self._thread.start()
+
+    def _reset(self) -> None:
+        try:
+            self._ready = _reset_member(self.member, self.repo)
+        except BaseException as exc:  # handed to the main thread by wait()
+            self._error = exc
+
+    def wait(self) -> tuple[Path, git.Context]:
+        """The member's admin dir and git context, reset; SandboxError (member deleted) if
+        it could not be."""
+        while self._thread.is_alive():
+            self._thread.join(0.05)  # in slices: the main thread stays interruptible
+        if self._error is None:
+            assert self._ready is not None
+            return self._ready
+        self.discard()
+        if isinstance(self._error, GitError | SandboxError | OSError):
+            raise SandboxError(f"the reused sandbox could not be reset (it was deleted; the "
+                               f"next run makes a new one): {self._error}") from self._error
+        raise self._error
+
+    def discard(self) -> None:
+        """Delete the member (the next run makes a new one)."""
+        self._thread.join()
+        if not self._settled:
+            self._settled = True
+            _discard(self.member, self.repo)
+
+    def cancel(self) -> None:
+        """Hand the member back unused (a run that ended before its sandbox was made)."""
+        self._thread.join()
+        if not self._settled:
+            self._settled = True
+            os.close(self.member.lock_fd)
+
+    def hand_over(self, sb: sandbox.Sandbox) -> sandbox.Sandbox:
+        """The sandbox owns the lock from now on (``sandbox.remove`` releases it)."""
+        self._settled = True
+        return sb
+
+
+def reserve(repo: git.RepoInfo, task_id: str, *, reuse: bool) -> Reservation | None:
+    """Start resetting a member of the task's pool; None when the run gets a fresh
+    sandbox (reuse off, no commit to reset to, or every member in use)."""
     if not reuse or repo.head is None:
+        return None
+    member = _acquire(repo, task_id)
+    return None if member is None else Reservation(member, repo)
+
+
+def take(
+    repo: git.RepoInfo, task_id: str, run_id: str, overlay: Iterable[str], *, reuse: bool,
+    reserved: Reservation | None = None,
+) -> sandbox.Sandbox:
+    """The sandbox for one run: the reserved (or a newly reserved) member, reset and with
+    the overlay laid; else a fresh sandbox.  A task that no longer reuses gets its old
+    pool deleted."""
+    if reserved is None:
         folder = pool_dir(repo, task_id)
         if not reuse and folder is not None and folder.is_dir():
             drop_pool(repo, folder)
-        return sandbox.create(repo, run_id, overlay)
-    member = _acquire(repo, task_id)
-    if member is None:
-        return sandbox.create(repo, run_id, overlay)
+        reserved = reserve(repo, task_id, reuse=reuse)
+        if reserved is None:
+            return sandbox.create(repo, run_id, overlay)
+    member = reserved.member
     try:
-        return _prepare(member, repo, overlay)
+        admin, ctx = reserved.wait()  # on a SandboxError the member is deleted already
+    except BaseException:
+        reserved.cancel()
+        raise
+    try:
+        start_index = member.folder / "start.index"
+        shutil.copy2(admin / "index", start_index)  # copy2: see sandbox._create_worktree
+        start_tree = sandbox.finish_tree(repo, ctx, start_index, overlay, admin / "index")
     except (GitError, SandboxError, OSError) as exc:
-        _discard(member, repo)
-        raise SandboxError(f"the reused sandbox could not be reset (it was deleted; the "
+        reserved.discard()
+        raise SandboxError(f"the reused sandbox could not be prepared (it was deleted; the "
                            f"next run makes a new one): {exc}") from exc
     except BaseException:
-        os.close(member.lock_fd)  # interrupted: its state file is gone, so it gets a full reset
+        reserved.cancel()  # interrupted: the next reset undoes what the overlay laid
         raise
+    return reserved.hand_over(sandbox.Sandbox(
+        "worktree", member.folder, member.tree, ctx, admin, start_index, start_tree,
+        repo.head, lock_fd=member.lock_fd))
 
 
 def pool_dir(repo: git.RepoInfo, task_id: str) -> Path | None:
@@ -133,7 +208,8 @@ def _try_lock(path: Path) -> int | None:
         os.close(fd)  # `drop` unlinked the file between our open and our lock: again
 
 
-def _prepare(member: Member, repo: git.RepoInfo, overlay: Iterable[str]) -> sandbox.Sandbox:
+def _reset_member(member: Member, repo: git.RepoInfo) -> tuple[Path, git.Context]:
+    """Make the member (if it is not whole) and reset it; its admin dir and git context."""
     tree = member.tree
     admin = _admin_of(member)
     if admin is None:
@@ -143,11 +219,7 @@ def _prepare(member: Member, repo: git.RepoInfo, overlay: Iterable[str]) -> sand
         (member.folder / "admin").write_text(f"{admin}\n")
     ctx = git.Context(tree, git_dir=admin, work_tree=tree)
     _reset(member, repo, ctx, admin)
-    start_index = member.folder / "start.index"
-    shutil.copy2(admin / "index", start_index)  # copy2: see sandbox._create_worktree
-    start_tree = sandbox.finish_tree(repo, ctx, start_index, overlay, admin / "index")
-    return sandbox.Sandbox("worktree", member.folder, tree, ctx, admin, start_index,
-                           start_tree, repo.head, lock_fd=member.lock_fd)
+    return admin, ctx
 
 
 def _admin_of(member: Member) -> Path | None:
@@ -183,10 +255,16 @@ def _reset(member: Member, repo: git.RepoInfo, ctx: git.Context, admin: Path) ->
             git.run(ctx, *sandbox.PARALLEL_CHECKOUT, "-c", "core.logAllRefUpdates=false",
                     "reset", "--hard", "--quiet", "--no-recurse-submodules", repo.head)
         git.run(ctx, "clean", "-ffdxq")
-        with _nested_git(member.tree) as nested:
+        # Three read-only looks at once: tracked files (stat data), anything untracked or
+        # ignored that clean left (a readdir walk), and `.git` entries, which git skips.
+        find = ["find", str(member.tree), "-mindepth", "2", "-name", ".git", "-prune",
+                "-print0"]
+        untracked = git.command(ctx, ["ls-files", "-z", "--others", "--directory"])
+        with _background(untracked, member.tree) as left, _background(find, member.tree) as nested:
             changed, other = _status(ctx)
+        other += [f"?? {os.fsdecode(p)}" for p in left]
         for path in nested:
-            sandbox._rmtree(path)  # git never looks inside a `.git`; a fresh tree has none
+            sandbox._rmtree(Path(os.fsdecode(path)))  # a fresh tree has no `.git` below the top
         if not other:
             break
         if full:
@@ -204,9 +282,9 @@ def _reset(member: Member, repo: git.RepoInfo, ctx: git.Context, admin: Path) ->
 
 
 def _status(ctx: git.Context, paths: list[str] | None = None) -> tuple[list[str], list[str]]:
-    """(tracked files that differ from the index, every other difference as ``XY path``)."""
-    args = ["status", "--porcelain=v1", "-z", "--untracked-files=all", "--ignored=matching",
-            "--no-renames", "--ignore-submodules=none"]
+    """(tracked files that differ from the index, other differences as ``XY path``)."""
+    args = ["status", "--porcelain=v1", "-z", "--untracked-files=no", "--no-renames",
+            "--ignore-submodules=none"]
     if paths is not None:
         args = ["--literal-pathspecs", *args, "--", *paths]
     changed, other = [], []
@@ -225,26 +303,25 @@ def _status(ctx: git.Context, paths: list[str] | None = None) -> tuple[list[str]
 
 
 @contextlib.contextmanager
-def _nested_git(tree: Path) -> Iterator[list[Path]]:
-    """``.git`` entries below the top of ``tree``, looked for while the block runs."""
-    found: list[Path] = []
+def _background(argv: list[str], cwd: Path) -> Iterator[list[bytes]]:
+    """Run ``argv`` while the block runs; afterwards the list holds its ``-z`` output.
+
+    A command that cannot run is a SandboxError: the look it stands for was not taken.
+    """
+    found: list[bytes] = []
     try:
-        proc = subprocess.Popen(["find", str(tree), "-mindepth", "2", "-name", ".git",
-                                 "-prune", "-print0"], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    except OSError:  # no find: walk in Python (slower, same answer)
-        proc = None
+        proc = subprocess.Popen(argv, cwd=cwd, env=git.clean_env(), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except OSError as exc:
+        raise SandboxError(f"{argv[0]}: {exc}") from exc
     try:
         yield found
     finally:
-        if proc is None:
-            for folder, dirs, files in os.walk(tree):
-                if folder != str(tree):
-                    found.extend(Path(folder, n) for n in dirs + files if n == ".git")
-                dirs[:] = [d for d in dirs if d != ".git"]
-        else:
-            out, _ = proc.communicate()
-            found.extend(Path(os.fsdecode(p)) for p in out.split(b"\0") if p)
+        out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise SandboxError(f"{' '.join(argv[:2])} ... failed ({proc.returncode}): "
+                           f"{err.decode('utf-8', 'replace').strip()[-500:]}")
+    found.extend(p for p in out.split(b"\0") if p)
 
 
 def _stat_key(path: Path) -> list[int] | None:
