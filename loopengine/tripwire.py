@@ -184,8 +184,9 @@ class Tripwire:
             name = text[5:]
             old, new = before.refs.get(name), after.refs.get(name)
             reflog = str(self.repo.common_dir / "logs" / name)  # type: ignore[operator]
-            if (head_after == head and old and new and old != new and not old[1]
-                    and not new[1] and self._forward(old[0], new[0])
+            # An unborn branch getting its first commit moves forward too.
+            if (head_after == head and new and old != new and not new[1]
+                    and (old is None or (not old[1] and self._forward(old[0], new[0])))
                     and not self._marked(reflog, before)):
                 return {name}
             return set()

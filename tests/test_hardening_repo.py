@@ -215,3 +215,13 @@ def test_a_step_that_tampers_and_then_times_out_is_still_put_back(repo: Repo, gu
     assert rec["status"] == "crash" and rec["crash_kind"] == "runner"
     assert "refs/tags/left-behind created" in rec["reason"]
     assert repo.git("tag") == ""
+
+
+def test_the_users_first_commit_on_an_unborn_branch_is_no_alarm(tmp_path: Path) -> None:
+    r = Repo(tmp_path / "fresh")
+    watch = tripwire.Tripwire(git.repo_info(r.path), "RUN")
+    before = watch.take()
+    r.write("a.txt", "a\n")
+    first = r.commit("the user's first commit")
+    assert watch.restore(before) == []
+    assert r.git("rev-parse", "HEAD").strip() == first
