@@ -55,7 +55,6 @@ HOSTILE: dict[str, Any] = {
     "status.showUntrackedFiles": "no",
     "core.fileMode": "false",
     "core.hooksPath": hostile_hooks,
-    "core.pager": "false",
 }
 
 
