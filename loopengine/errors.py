@@ -42,7 +42,7 @@ class GitError(LoopError):
     crash_kind = "internal"
 
 
-class Interrupted(BaseException):  # noqa: N818 - mirrors KeyboardInterrupt
+class Interrupted(BaseException):  # named like KeyboardInterrupt, which it mirrors
     """SIGINT or SIGTERM arrived; carries the signal number.
 
     A ``BaseException`` so that no ``except Exception`` on the way swallows it.
