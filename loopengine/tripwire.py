@@ -135,7 +135,10 @@ class Tripwire:
         found = set()
         for folder, _dirs, names in os.walk(top):
             for name in names:
-                found.add(os.path.relpath(os.path.join(folder, name), self.repo.common_dir))
+                # A ".lock" is git's own, held while a ref is updated (by the user, or by
+                # another run's keep): never a ref, and never ours to remove.
+                if not name.endswith(".lock"):
+                    found.add(os.path.relpath(os.path.join(folder, name), self.repo.common_dir))
         return frozenset(p.replace(os.sep, "/") for p in found)
 
     # -- putting back ------------------------------------------------------------
