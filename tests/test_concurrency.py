@@ -66,7 +66,8 @@ def test_parallel_runs_on_one_task_never_keep_twice_against_one_baseline(
     lines = every_line_whole(repo.path / "work" / "results.jsonl")
     assert sorted(r["run_id"] for r in lines) == sorted(r["run_id"] for r in records)
     assert len({r["run_id"] for r in lines}) == 8
-    assert all(r["status"] in ("keep", "discard") for r in records), records
+    assert all(r["status"] in ("keep", "discard") for r in records), \
+        [r["reason"] for r in records]
     keeps = [r for r in records if r["status"] == "keep"]
     per_baseline = Counter(r["baseline_score"] for r in keeps)
     assert all(n == 1 for n in per_baseline.values()), per_baseline
@@ -241,3 +242,25 @@ def test_a_run_killed_while_making_its_sandbox_is_cleaned_up(
     assert [(r["status"], r["crash_kind"]) for r in lost] == [("crash", "interrupted")]
     no_leftovers(repo, isolated_env)
     assert repo.git("status", "--porcelain") == ""
+
+
+def test_a_ref_lock_held_by_another_git_process_is_left_alone(
+        repo: Repo, procs, isolated_env: Path, tmp_path: Path) -> None:
+    # While a step runs, the user's `git commit` (or another run's keep) holds
+    # refs/heads/main.lock for a moment: it is not a broken ref a step made.
+    assert check_record(repo, repo.run())["status"] == "keep"
+    started, go = tmp_path / "started", tmp_path / "go"
+    repo.write_task(default_task(
+        mutator__command="true",
+        runner__command=f"echo 1 > {started}; while [ ! -e {go} ]; do sleep 0.05; done"))
+    repo.commit("no-op mutator, waiting runner")
+    proc = start_run(repo, procs)
+    wait_for(started, proc)
+    lock = repo.path / ".git" / "refs" / "heads" / "main.lock"
+    lock.write_text(repo.git("rev-parse", "HEAD"))
+    go.touch()
+    rec = check_record(repo, finish_run(proc))
+    assert (rec["status"], rec["reason"]) == ("discard", "candidate has no change")
+    assert lock.exists()
+    lock.unlink()
+    no_leftovers(repo, isolated_env)
