@@ -26,6 +26,7 @@ iteration starts (counted by a ``git`` shim on PATH in an extra, untimed run).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -36,14 +37,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 PY = sys.executable
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 FILES_PER_DIR = 100
 BINARY_BYTES = 200 << 20
 ALL_SIZES = ("100", "10000", "100000", "bin")
@@ -147,6 +147,10 @@ def generate(path: Path, size: str) -> Path:
     git(path, "add", "-A")
     git(path, "-c", "core.looseCompression=0", "-c", "user.name=bench",
         "-c", "user.email=bench@localhost", "commit", "-q", "--no-verify", "-m", "bench")
+    # Packed, as a real repository mostly is (and `cp -r` copies one pack, not a file
+    # per object).
+    git(path, "repack", "-adq")
+    git(path, "prune-packed")
     # The index was written in the same second as the files: every entry is "racily
     # clean" and each `git status` would re-hash it.  A user's index is rarely in that
     # state; refresh it once, a second later, as any git command the user runs would.
@@ -230,14 +234,17 @@ class Bench:
                 sample.cpu.append(cpu)
             progress(f"round {r + 1}/{rounds} done")
 
-    def count_git(self, size: str, what: str) -> tuple[int, dict[str, int], bool]:
-        """Git processes one run starts; and whether GitPython was imported."""
+    def count_git(self, size: str, what: str) -> dict[str, Any]:
+        """The git processes one run starts, with the time each kind took; whether
+        GitPython was imported; git processes still alive afterwards."""
         shim = self.root / "shim"
         shim.mkdir(exist_ok=True)
         real = shutil.which("git", path=self.env.get("PATH"))
         log = self.root / "git-calls.log"
+        # Not exec: the shim waits to note how long git took (the run is not timed).
         (shim / "git").write_text(
-            f'#!/bin/sh\nprintf "%s\\n" "$*" >> "{log}"\nexec "{real}" "$@"\n')
+            f'#!/bin/sh\ns=$(date +%s%N)\n"{real}" "$@"\nrc=$?\n'
+            f'printf "%s %s\\n" "$(( $(date +%s%N) - s ))" "$*" >> "{log}"\nexit $rc\n')
         (shim / "git").chmod(0o755)
         log.write_text("")
         env = dict(self.env, PATH=f"{shim}{os.pathsep}{self.env.get('PATH', '')}")
@@ -247,8 +254,26 @@ class Bench:
                               check=False)
         modules = {line.split("|")[-1].strip() for line in proc.stderr.splitlines()
                    if line.startswith("import time:")}
-        calls = [subcommand(line.split()) for line in log.read_text().splitlines()]
-        return len(calls), dict(Counter(calls)), "git" in modules
+        calls: dict[str, list[float]] = {}
+        for line in log.read_text().splitlines():
+            ns, _, args = line.partition(" ")
+            entry = calls.setdefault(subcommand(args.split()), [0, 0.0])
+            entry[0] += 1
+            entry[1] += int(ns) / 1e6
+        return {"total": sum(int(c[0]) for c in calls.values()),
+                "calls": {k: {"count": int(c[0]), "ms": round(c[1], 1)} for k, c in calls.items()},
+                "gitpython": "git" in modules, "git_left_running": _git_processes()}
+
+
+def _git_processes() -> int:
+    """git processes still running (GitPython's `cat-file --batch` would be one)."""
+    count = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if argv and os.path.basename(argv[0]) == b"git" and b"cat-file" in argv:
+                count += 1
+    return count
 
 
 def subcommand(args: list[str]) -> str:
@@ -285,8 +310,10 @@ def report(bench: Bench, counts: dict[str, Any], meta: dict[str, Any]) -> dict[s
 
 def print_text(data: dict[str, Any], sizes: Sequence[str]) -> None:
     med = data["medians"]
-    print(f"# {data['meta']['rounds']} rounds, medians; wall (CPU of the process tree), ms;"
-          f" repositories and sandboxes under {data['meta']['dir']}")
+    meta = data["meta"]
+    print(f"# {meta['rounds']} rounds, medians; wall (CPU of the process tree), ms;"
+          f" repositories and sandboxes under {meta['dir']}; {meta['cpus']} CPUs, load "
+          f"{meta['load_before'][0]} -> {meta['load_after'][0]}; {meta['git']}")
     for what in FIXED:
         m = med[what]
         print(f"{what:<14}{m['wall'] * 1000:9.0f} ({m['cpu'] * 1000:.0f})")
@@ -315,8 +342,10 @@ def print_text(data: dict[str, Any], sizes: Sequence[str]) -> None:
               f"target <= {t['bound']}x: {verdict}")
     print()
     for key, c in data["git_processes"].items():
-        calls = ", ".join(f"{k} {v}" for k, v in sorted(c["calls"].items(), key=lambda kv: -kv[1]))
-        print(f"git processes, {key}: {c['total']} ({calls}); GitPython imported: "
+        ranked = sorted(c["calls"].items(), key=lambda kv: -kv[1]["ms"])
+        calls = ", ".join(f"{k} {v['count']}x {v['ms']:.0f} ms" for k, v in ranked)
+        print(f"git processes, {key}: {c['total']} ({calls}); cat-file left running: "
+              f"{c['git_left_running']}; GitPython imported: "
               f"{'yes' if c['gitpython'] else 'no'}")
 
 
@@ -343,6 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = args.dir.resolve()
     root.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
+    load_before = [round(x, 2) for x in os.getloadavg()]
     bench = Bench(root, sizes)
     try:
         for size in sizes:
@@ -355,15 +385,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         counts = {}
         for size in sizes:
             for what in ("run", "run_reuse"):
-                total, calls, gitpython = bench.count_git(size, what)
-                counts[f"{size}:{what}"] = {"total": total, "calls": calls,
-                                            "gitpython": gitpython}
+                counts[f"{size}:{what}"] = bench.count_git(size, what)
         # The reuse pools stay (that is their point); nothing else may.
         leftovers = sorted(p.name for p in bench.sandboxes.iterdir()
                            if not p.name.startswith("loopengine-pool-"))
         meta = {"rounds": args.rounds, "sizes": sizes, "dir": str(root),
                 "cpus": os.cpu_count(), "git": git(root, "--version").strip(),
                 "python": sys.version.split()[0], "seconds": round(time.monotonic() - t0, 1),
+                "load_before": load_before, "load_after": [round(x, 2) for x in os.getloadavg()],
                 "sandbox_root_after": leftovers}
         data = report(bench, counts, meta)
     finally:

@@ -250,7 +250,7 @@ def _reset(member: Member, repo: git.RepoInfo, ctx: git.Context, admin: Path) ->
     sandbox._rmtree(member.tree / ".git")  # the last run's private repository
     (admin / "index.lock").unlink(missing_ok=True)  # a git killed with its run; the member is ours
     full = state != {"head": repo.head, "index": _stat_key(admin / "index")}
-    while True:
+    for _ in range(3):
         if full:
             git.run(ctx, *sandbox.PARALLEL_CHECKOUT, "-c", "core.logAllRefUpdates=false",
                     "reset", "--hard", "--quiet", "--no-recurse-submodules", repo.head)
@@ -265,12 +265,16 @@ def _reset(member: Member, repo: git.RepoInfo, ctx: git.Context, admin: Path) ->
         other += [f"?? {os.fsdecode(p)}" for p in left]
         for path in nested:
             sandbox._rmtree(Path(os.fsdecode(path)))  # a fresh tree has no `.git` below the top
+        if nested:
+            continue  # look again: a `.git` in a folder may have hidden it from clean
         if not other:
             break
         if full:
             raise SandboxError(f"{member.tree}: still differs from {repo.head[:12]} after a "
                                f"reset: {', '.join(other[:5])}")
         full = True  # an index that does not match its commit: start over with reset --hard
+    else:
+        raise SandboxError(f"{member.tree}: a step's `.git` folders keep coming back")
     if changed:
         data = "\0".join(changed).encode("utf-8", "surrogateescape") + b"\0"
         git.run(ctx, *sandbox.PARALLEL_CHECKOUT, "checkout-index", "-f", "-u", "-z", "--stdin",
