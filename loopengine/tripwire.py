@@ -226,7 +226,7 @@ class Tripwire:
             self.repaired.append(["ref", name, new, old])
             if old is None:
                 assert new is not None
-                what = f"{name} created"
+                what = f"{name} created at {new[0][:12]}"  # enough to get it back
                 ok = self._git("update-ref", "--no-deref", "-d", name, new[0])
             elif new is None and name in after.loose:
                 what = f"{name} damaged"
@@ -241,8 +241,16 @@ class Tripwire:
                 ok = self._set_ref(name, old, new[0])
             changes.append(what if ok else f"{what} (could not be put back)")
         # A file under refs/ that is no ref at all (git skips it as broken): remove it.
+        # One made between for-each-ref and the walk is a real ref, deleted as any new one.
         for name in sorted(after.loose - before.loose - set(after.refs)):
             assert self.repo.common_dir is not None
+            proc = git.run(self.repo.ctx, "rev-parse", "-q", "--verify", name, check=False)
+            value = proc.stdout.decode().strip()
+            if proc.returncode == 0 and value:
+                ok = self._git("update-ref", "--no-deref", "-d", name, value)
+                what = f"{name} created at {value[:12]}"
+                changes.append(what if ok else f"{what} (could not be put back)")
+                continue
             with contextlib.suppress(OSError):
                 (self.repo.common_dir / name).unlink()
             changes.append(f"{name} created (a broken ref)")

@@ -196,7 +196,7 @@ def test_a_run_never_puts_back_what_another_run_repaired(repo: Repo) -> None:
     repo.git("tag", "planted")
     b_before = b.take()
     a_changes = a.restore(a_before)
-    assert "refs/tags/planted created" in a_changes
+    assert any(c.startswith("refs/tags/planted created at ") for c in a_changes)
     assert ".git/hooks/pre-commit created" in a_changes
     b_changes = b.restore(b_before)
     assert not (hooks / "pre-commit").exists()
