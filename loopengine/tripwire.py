@@ -399,7 +399,8 @@ def _walk(path: Path, out: dict[str, Entry]) -> None:
         out[key] = Entry("dir", st.st_mode, b"")
         with contextlib.suppress(OSError):
             for name in sorted(os.listdir(path)):
-                _walk(path / name, out)
+                if not name.endswith(".lock"):  # git's own, held by a running git
+                    _walk(path / name, out)
     elif stat.S_ISREG(st.st_mode) and st.st_size <= MAX_FILE:
         try:
             out[key] = Entry("file", st.st_mode, path.read_bytes())
