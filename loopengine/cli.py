@@ -180,5 +180,59 @@ def guide() -> None:
     guide_command()
 
 
+@main.command()
+@click.option("--task", "task_path", required=True, type=str, help="Path to the task file.")
+@click.option("--repeats", type=click.IntRange(min=2), default=10, show_default=True,
+              help="How many times to measure the baseline.")
+@click.option("--effect", type=click.FloatRange(min=0, min_open=True), metavar="SIZE",
+              help="The improvement worth finding (default: one standard deviation).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
+@click.option("-v", "--verbose", is_flag=True, help="Show each step and its output on stderr.")
+@REPO_OPTION
+def calibrate(task_path: str, repeats: int, effect: float | None, as_json: bool,
+              verbose: bool, repo: str | None) -> None:
+    """Measure the baseline's noise; suggest repeats and min_improvement.
+
+    Runs the task's runner and scorer N times on the current baseline (in a sandbox) and
+    prints the mean, the standard deviation, and the policy that keeps false keeps under
+    1 - policy.confidence for an improvement of the stated size.  Stores nothing.
+    """
+    from loopengine.commands.calibrate import calibrate as calibrate_command
+    from loopengine.progress import make_reporter
+
+    reporter = make_reporter(verbose)
+    try:
+        calibrate_command(repo_root(repo), task_path, repeats, effect, as_json, reporter)
+    finally:
+        reporter.close()
+
+
+@main.command()
+@click.argument("commit")
+@click.option("--task", "task_path", type=str,
+              help="The task file (default: the one in COMMIT whose id the keep names).")
+@click.option("-v", "--verbose", is_flag=True, help="Show each step and its output on stderr.")
+@REPO_OPTION
+def verify(commit: str, task_path: str | None, verbose: bool, repo: str | None) -> None:
+    """Re-measure a keep commit against its parent.
+
+    Parent and commit are measured interleaved in a fresh sandbox with the task's repeats
+    and confidence.  Exit 0 when the keep reproduces, 1 when it does not, 2 when it could
+    not be measured.
+    """
+    from loopengine.commands.verify import UNVERIFIED
+    from loopengine.commands.verify import verify as verify_command
+    from loopengine.progress import make_reporter
+
+    reporter = make_reporter(verbose)
+    try:
+        code = verify_command(repo_root(repo), commit, task_path, reporter)
+    except LoopError as exc:
+        fail(f"could not verify: {exc}", UNVERIFIED)
+    finally:
+        reporter.close()
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

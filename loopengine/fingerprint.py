@@ -10,7 +10,8 @@ never compared with it.  The fingerprint covers
   uncommitted state) outside the artifacts and the task file itself, or, when
   ``policy.fingerprint`` lists globs, of the files those globs match.
 
-Reading it costs one ``git ls-tree`` of a tree object git already has.
+Reading it costs two ``git ls-tree`` of a tree object git already has: one of the
+artifacts' folders, to find them, and one of the whole tree.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import re
 from dataclasses import replace
 from typing import Any
 
@@ -26,36 +28,11 @@ from loopengine.task import Task, match_artifact
 
 SECTIONS = ("runner", "scorer", "objective", "constraints")
 VERSION = b"loopengine-fingerprint-1\0"
+_GLOB = re.compile(r"[*?\[]")
 
 
 def sections(task: Task) -> dict[str, Any]:
     return {name: task.data[name] for name in SECTIONS}
-
-
-def files(task: Task, ctx: git.Context, tree: str) -> list[tuple[str, str]]:
-    """``(path, "mode sha")`` of the files of ``tree`` that evaluate the artifacts."""
-    listing = git.run(ctx, "ls-tree", "-r", "-z", "--full-tree", tree).stdout
-    task_file = task.path.relative_to(task.repo_root).as_posix()
-    # The globs are task-relative, like artifacts.include, and use the same matcher.
-    chosen = _globs(task)
-    out = []
-    for entry in git.split_z(listing):
-        meta, _, path = entry.partition("\t")
-        mode, _kind, sha = meta.split(" ")
-        if path == task_file or match_artifact(task, path):
-            continue
-        if chosen is not None and not match_artifact(chosen, path):
-            continue
-        out.append((path, f"{mode} {sha}"))
-    return out
-
-
-def _globs(task: Task) -> Task | None:
-    if not task.policy.fingerprint:
-        return None
-    patterns = tuple(posixpath.normpath(posixpath.join(task.task_dir, p))
-                     for p in task.policy.fingerprint)
-    return replace(task, include=patterns)
 
 
 def compute(task: Task, ctx: git.Context, tree: str) -> str:
@@ -63,6 +40,55 @@ def compute(task: Task, ctx: git.Context, tree: str) -> str:
     h = hashlib.sha256(VERSION)
     h.update(json.dumps(sections(task), sort_keys=True, separators=(",", ":"),
                         ensure_ascii=False).encode())
-    for path, meta in files(task, ctx, tree):
-        h.update(b"\0" + path.encode("utf-8", "surrogateescape") + b"\0" + meta.encode())
+    for entry in files(task, ctx, tree):
+        h.update(b"\0" + entry)
     return "sha256:" + h.hexdigest()
+
+
+def files(task: Task, ctx: git.Context, tree: str) -> list[bytes]:
+    """The ``ls-tree`` entries (``mode type sha<TAB>path``) of the evaluating files."""
+    task_file = task.path.relative_to(task.repo_root).as_posix()
+    chosen = _globs(task)
+    if chosen is not None:
+        # Only what the globs can match is listed, then matched the way artifacts are.
+        if not chosen.include:
+            return []
+        return [e for e in _list(ctx, tree, chosen.include)
+                if _path(e) != task_file and match_artifact(chosen, _path(e))]
+    # Everything but the artifacts and the task file: the artifacts are found in a listing
+    # of their own folders, so a tree of 100,000 files costs a set lookup per file.
+    skip = {task_file.encode("utf-8", "surrogateescape")}
+    skip.update(p.encode("utf-8", "surrogateescape") for p in
+                (_path(e) for e in _list(ctx, tree, task.include)) if match_artifact(task, p))
+    return [e for e in _list(ctx, tree, ()) if e.partition(b"\t")[2] not in skip]
+
+
+def _globs(task: Task) -> Task | None:
+    """The task with ``policy.fingerprint`` as its patterns, made repo-relative."""
+    if not task.policy.fingerprint:
+        return None
+    patterns = (posixpath.normpath(posixpath.join(task.task_dir, p))
+                for p in task.policy.fingerprint)
+    inside = tuple(p for p in patterns if p != ".." and not p.startswith("../"))
+    return replace(task, include=inside)
+
+
+def _list(ctx: git.Context, tree: str, patterns: tuple[str, ...]) -> list[bytes]:
+    """``ls-tree -r`` entries, below the literal folders of ``patterns`` when given."""
+    prefixes = sorted({_prefix(p) for p in patterns})
+    if "" in prefixes:
+        prefixes = []
+    out = git.run(ctx, "ls-tree", "-r", "-z", "--full-tree", tree, "--", *prefixes).stdout
+    return [e for e in out.split(b"\0") if e]
+
+
+def _prefix(pattern: str) -> str:
+    """The part of a pattern before its first wildcard, up to a ``/``."""
+    match = _GLOB.search(pattern)
+    if match is None:
+        return pattern
+    return pattern[: match.start()].rpartition("/")[0]
+
+
+def _path(entry: bytes) -> str:
+    return entry.partition(b"\t")[2].decode("utf-8", "surrogateescape")

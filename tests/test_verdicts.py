@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BIN, PY, Repo, default_task
+from conftest import BIN, PY, Repo, assert_guarantees, default_task, snapshot
 
 NOTES = "tasks/demo/notes.md"
 STORE = "work/baselines/demo.json"
@@ -324,3 +324,126 @@ def test_new_untracked_outputs_are_fine(loop: Loop) -> None:
     loop.setup(runner__command=f"{PY} {BIN}/mutate.py write out/report.txt done "
                "write ../../build.log x")
     assert loop.propose("score: 1\n")["status"] == "keep"
+
+
+# ---------------------------------------------------------------------------
+# loopengine calibrate
+
+
+def test_calibrate_prints_the_spread_and_the_policies(loop: Loop, repo: Repo,
+                                                      isolated_env: Path) -> None:
+    loop.setup(offsets="0,1,2,3,4")  # the five runs score 1, 2, 3, 4, 5
+    before = snapshot(repo, isolated_env)
+    result = repo.run("--task", "tasks/demo/task.yaml", "--repeats", "5", command="calibrate")
+    assert result.code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("task demo: 5 runs of the baseline (evaluation fingerprint "
+                               "sha256:")
+    assert lines[1:] == [
+        "scores: 1, 2, 3, 4, 5",
+        "mean 3, standard deviation 1.58114",
+        "to keep false keeps under 5% (confidence 0.95) for an effect of 1.58114 "
+        "(--effect; default: one standard deviation):",
+        "  repeats: 14, min_improvement: 0 -- a Welch test on up to 14 runs a side keeps "
+        "the effect 81% of the time",
+        "  repeats: 1, min_improvement: 4.76695 -- one run a side, no test; keeps the "
+        "effect 11% of the time",
+        "the task now has repeats: 1, min_improvement: 0, confidence: 0.95",
+    ]
+    assert loop.seen() == ["1"] * 5
+    assert not (repo.path / STORE).exists()  # calibrate only reads
+    assert_guarantees(repo, before, isolated_env, {"status": "discard", "changed_files": []})
+
+
+def test_calibrate_json_and_a_stated_effect(loop: Loop, repo: Repo) -> None:
+    loop.setup(offsets="0,1,2,3,4", policy__confidence=0.99)
+    result = repo.run("--task", "tasks/demo/task.yaml", "--repeats", "5", "--effect", "4",
+                      "--json", command="calibrate")
+    assert result.code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["mean"] == 3.0 and data["scores"] == [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert data["effect"] == 4.0 and data["confidence"] == 0.99
+    assert data["tested"]["repeats"] == 5 and data["tested"]["power"] >= 0.8
+    assert data["single"]["min_improvement"] == pytest.approx(8.37843, abs=1e-5)
+    assert data["fingerprint"].startswith("sha256:")
+
+
+def test_calibrate_a_deterministic_evaluation(loop: Loop, repo: Repo) -> None:
+    loop.setup()
+    result = repo.run("--task", "tasks/demo/task.yaml", "--repeats", "3", command="calibrate")
+    assert result.code == 0, result.stderr
+    assert "standard deviation 0" in result.stdout
+    assert "looks deterministic: repeats 1 and min_improvement 0" in result.stdout
+
+
+def test_calibrate_crashes_like_a_run_would(loop: Loop, repo: Repo) -> None:
+    loop.setup(runner__command=f"{PY} {BIN}/mutate.py append ../../README.md x")
+    result = repo.run("--task", "tasks/demo/task.yaml", command="calibrate")
+    assert result.code == 1
+    assert "the runner changed tracked files: README.md" in result.stderr
+    assert repo.read("README.md") == "a project\n"
+
+
+# ---------------------------------------------------------------------------
+# loopengine verify
+
+
+def test_verify_a_keep_that_reproduces(loop: Loop, repo: Repo) -> None:
+    loop.setup(policy__repeats=3)
+    loop.propose("score: 1\n")
+    kept = loop.propose("score: 2\n")
+    assert kept["status"] == "keep"
+    assert loop.propose("score: 3\n")["status"] == "keep"  # the keep is not HEAD any more
+    loop.seen()
+    result = repo.run(kept["commit"][:10], command="verify")
+    assert result.code == 0, result.stdout + result.stderr
+    assert loop.seen() == ["1", "2", "1", "2"]  # parent and commit, interleaved
+    out = result.stdout.splitlines()
+    assert out[0] == (f"keep {kept['commit'][:12]} (task demo, run {kept['run_id']}): "
+                      "recorded 1.0 -> 2.0 (improvement 1)")
+    assert out[1] == "evaluation fingerprint: the same as recorded"
+    assert out[2] == "re-measured, parent and commit interleaved (B C B C):"
+    assert out[3] == "  parent 1.0 (2 runs: 1, 1)"
+    assert out[4] == "  commit 2.0 (2 runs: 2, 2)"
+    assert out[5].startswith("reproduces: score 2.0 vs baseline 1.0: beats it")
+    assert repo.git("status", "--porcelain") == ""
+
+
+def test_verify_a_lucky_keep_that_does_not_reproduce(loop: Loop, repo: Repo) -> None:
+    loop.setup(offsets="0,5,0,0")  # the second measurement ever is 5 too high
+    loop.propose("score: 1\n")
+    lucky = loop.propose("score: 1\nsame: value\n")
+    assert lucky["status"] == "keep" and lucky["candidate_score"] == 6.0
+    result = repo.run("HEAD", command="verify")
+    assert result.code == 1, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == (
+        "does not reproduce: score 1.0 does not beat baseline 1.0 by more than "
+        "min_improvement 0 (higher is better)")
+
+
+def test_verify_what_is_not_a_keep(loop: Loop, repo: Repo) -> None:
+    loop.setup()
+    result = repo.run("HEAD", command="verify")
+    assert result.code == 2
+    assert "could not verify: HEAD is not a loopengine keep commit" in result.stderr
+    assert repo.run("no-such-rev", command="verify").code == 2
+
+
+def test_fingerprint_files_leave_out_the_artifacts_and_the_task_file(repo: Repo) -> None:
+    from loopengine import fingerprint, git
+    from loopengine.task import load_task
+
+    repo.write_task(default_task(artifacts__include=["*.md"]))
+    repo.write("tasks/demo/b.md", "b\n")
+    repo.write("tasks/demo/sub/c.md", "c\n")
+    repo.commit("more")
+    task = load_task(repo.path / "tasks/demo/task.yaml", repo.path)
+    ctx = git.Context(repo.path)
+    tree = git.out(ctx, "rev-parse", "HEAD^{tree}")
+    paths = [e.decode().split("\t")[1] for e in fingerprint.files(task, ctx, tree)]
+    assert paths == [".gitignore", "README.md", "tasks/demo/sub/c.md"]
+    repo.write_task(default_task(artifacts__include=["*.md"], policy__fingerprint=[
+        "sub/*", "../../README.md", "../../../outside"]))
+    globbed = load_task(repo.path / "tasks/demo/task.yaml", repo.path)
+    picked = [e.decode().split("\t")[1] for e in fingerprint.files(globbed, ctx, tree)]
+    assert picked == ["README.md", "tasks/demo/sub/c.md"]

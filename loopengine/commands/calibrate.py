@@ -1,0 +1,161 @@
+"""``loopengine calibrate``: measure the baseline's noise and say what policy it needs.
+
+The baseline (the main tree as it is, in a fresh sandbox like ``run``'s) is measured N
+times with the task's runner and scorer, under the same integrity checks as a run.  From
+the spread it computes two policies that keep a neutral candidate's chance of being kept
+under ``1 - policy.confidence`` (5% by default), and how likely each keeps a true
+improvement of the stated effect size:
+
+- ``repeats: N`` with ``min_improvement: 0``: the engine's Welch test keeps the false-keep
+  rate at the confidence by itself; N is the smallest number of runs a side that keeps
+  the effect with 80% probability (at the last look, ignoring early stops);
+- ``repeats: 1`` with a ``min_improvement`` threshold: one run a side and no test, so
+  the threshold must cover the noise of a difference of two runs (``sqrt(2)`` sigma).
+
+Nothing is stored: calibrate only reads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+
+from loopengine import decide, fingerprint, git, measure, sandbox, stats
+from loopengine.engine import Options, _Iteration
+from loopengine.progress import Reporter
+from loopengine.signals import SignalGuard
+from loopengine.task import Task, load_task
+
+POWER = 0.8  # the chance of keeping a true improvement of the stated size
+MAX_REPEATS = 100
+
+
+@contextlib.contextmanager
+def session(root: Path, task_path: str | None, *, at: str | None = None,
+            reporter: Reporter | None = None) -> Iterator[_Iteration]:
+    """An iteration's set-up without a mutator: a fresh sandbox, removed whatever happens.
+
+    The sandbox holds the main tree as ``run`` would see it, or commit ``at`` (then the
+    caller loads the task from the sandbox).  The iteration's own ``run`` runs the steps,
+    with its budget, environment, logs and checks; a killed session is cleaned up by the
+    next run like a killed iteration.
+    """
+    it = _Iteration(Options(task_path=task_path or "", repo_root=root,
+                            reporter=reporter or Reporter()))
+    with SignalGuard() as guard:
+        it.guard = guard
+        it.alive.claim()
+        try:
+            repo = git.repo_info(root)
+            overlay: list[str] = []
+            if at is None:
+                it.task = load_task(task_path or "", root)
+                it.repo = repo
+                overlay = it.check_repo_state()
+            else:
+                it.repo = dataclasses.replace(repo, head=at, head_tree=None)
+            it.sb = sandbox.create(it.repo, it.run_id, overlay)
+            it.alive.note_sandbox(it.sb)
+            yield it
+        finally:
+            with guard.deferred():
+                it.cleanup()
+                it.alive.release()
+
+
+# ---------------------------------------------------------------------------
+# The command
+
+
+def calibrate(root: Path, task_path: str, repeats: int, effect: float | None, as_json: bool,
+              reporter: Reporter) -> None:
+    with session(root, task_path, reporter=reporter) as it:
+        assert it.task is not None and it.sb is not None
+        task = it.task
+        # budget.max_seconds is one iteration's: calibrate gets it for every run.
+        it.deadline = time.monotonic() + task.max_seconds * repeats
+        fp = fingerprint.compute(task, it.sb.ctx, it.sb.start_tree)
+        evaluate = measure.Evaluator(task, it.sb, [], it.run, it.parse_score,
+                                     log_dir=it.run_dir, phase=reporter.phase)
+        scores = [evaluate(measure.BASELINE).score for _ in range(repeats)]
+    result = advise(task, scores, effect)
+    result["fingerprint"] = fp
+    result["run_id"] = it.run_id
+    if as_json:
+        click.echo(json.dumps(result, separators=(",", ":")))
+    else:
+        click.echo(describe(task, result))
+
+
+def advise(task: Task, scores: list[float], effect: float | None) -> dict[str, Any]:
+    """Mean, spread and the two policies, as data."""
+    n = len(scores)
+    sd = stats.stdev(scores)
+    confidence = task.policy.confidence
+    size = effect if effect is not None else sd
+    out: dict[str, Any] = {
+        "task_id": task.id, "runs": n, "scores": scores, "mean": stats.mean(scores),
+        "stdev": sd, "effect": size, "confidence": confidence,
+    }
+    if sd == 0.0:
+        out["tested"] = {"repeats": 1, "min_improvement": 0.0, "power": 1.0}
+        out["single"] = {"repeats": 1, "min_improvement": 0.0, "power": 1.0}
+        return out
+    alpha = 1.0 - confidence
+    for runs in range(2, MAX_REPEATS + 1):
+        power = tested_power(size / sd, runs, confidence)
+        if power >= POWER:
+            break
+    out["tested"] = {"repeats": runs, "min_improvement": 0.0, "power": power}
+    # One run a side: the difference of two runs has sd * sqrt(2); sd itself is an
+    # estimate from n runs, hence Student's t with n - 1 degrees of freedom.
+    spread = sd * math.sqrt(2.0)
+    threshold = stats.t_ppf(1.0 - alpha, n - 1) * spread if n > 1 else math.inf
+    out["single"] = {"repeats": 1, "min_improvement": threshold,
+                     "power": 1.0 - stats.t_cdf((threshold - size) / spread, n - 1)}
+    return out
+
+
+def tested_power(effect_in_sd: float, runs: int, confidence: float) -> float:
+    """The chance that the last look keeps a true improvement of ``effect_in_sd`` standard
+    deviations, with ``runs`` measurements a side (a shifted-t approximation)."""
+    df = 2.0 * runs - 2.0
+    critical = stats.t_ppf(1.0 - decide.keep_alpha(confidence, runs, final=True), df)
+    shift = effect_in_sd / math.sqrt(2.0 / runs)
+    return 1.0 - stats.t_cdf(critical - shift, df)
+
+
+def describe(task: Task, r: dict[str, Any]) -> str:
+    policy = task.policy
+    lines = [
+        f"task {task.id}: {r['runs']} runs of the baseline "
+        f"(evaluation fingerprint {r['fingerprint'][:19]}...)",
+        "scores: " + ", ".join(f"{s:.6g}" for s in r["scores"]),
+        f"mean {r['mean']:.6g}, standard deviation {r['stdev']:.6g}",
+    ]
+    if r["stdev"] == 0.0:
+        lines.append("the evaluation looks deterministic: repeats 1 and min_improvement 0 "
+                     "keep no false keeps")
+    else:
+        rate = f"{1.0 - r['confidence']:.0%}"
+        tested, single = r["tested"], r["single"]
+        lines += [
+            f"to keep false keeps under {rate} (confidence {r['confidence']:g}) for an effect "
+            f"of {r['effect']:.6g} (--effect; default: one standard deviation):",
+            f"  repeats: {tested['repeats']}, min_improvement: 0 -- a Welch test on up to "
+            f"{tested['repeats']} runs a side keeps the effect {tested['power']:.0%} of "
+            "the time",
+            f"  repeats: 1, min_improvement: {single['min_improvement']:.6g} -- one run a "
+            f"side, no test; keeps the effect {single['power']:.0%} of the time",
+        ]
+    lines.append(f"the task now has repeats: {policy.repeats}, min_improvement: "
+                 f"{policy.min_improvement:g}, confidence: {policy.confidence:g}")
+    return "\n".join(lines)
