@@ -1,6 +1,6 @@
 """The engine's own cost per iteration, against git's floor and the seed's full copy.
 
-    uv run python bench/overhead.py                        # the full run (about 10 minutes)
+    uv run python bench/overhead.py                        # the full run (2-4 min on 2 CPUs)
     uv run python bench/overhead.py --sizes 100 --rounds 3  # a quick look
     uv run python bench/overhead.py --json > figures.json
 
@@ -360,7 +360,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--keep", action="store_true",
                         help="keep the generated repositories for the next run")
+    parser.add_argument("--show", type=Path, metavar="FILE",
+                        help="print the figures saved by an earlier --json run; run nothing")
     args = parser.parse_args(argv)
+    if args.show:
+        saved = json.loads(args.show.read_text())
+        print_text(saved, saved["meta"]["sizes"])
+        return 0
     sizes = [s.strip() for s in args.sizes.split(",") if s.strip()]
     for s in sizes:
         if s != "bin" and not s.isdigit():
