@@ -230,3 +230,18 @@ def test_pool_drop_deletes_members_and_their_worktrees(repo: Repo, isolated_env:
     assert dropped == "demo: 1 deleted\n"
     assert os.listdir(isolated_env) == []
     assert worktree_paths(repo) == before
+
+
+def test_a_run_that_stops_before_its_sandbox_hands_the_member_back(
+        repo: Repo, reuse_guarded: Any, isolated_env: Path) -> None:
+    task = default_task()
+    task["sandbox"] = {"reuse": True}
+    repo.write_task(task)
+    repo.commit("reuse")
+    assert reuse_guarded().record["status"] == "keep"
+    (repo.path / ".git" / "MERGE_HEAD").write_text(repo.git("rev-parse", "HEAD"))
+    stopped = reuse_guarded().record  # the member was being reset meanwhile
+    assert stopped["status"] == "crash" and "middle of a merge" in stopped["reason"]
+    (repo.path / ".git" / "MERGE_HEAD").unlink()
+    assert reuse_guarded().record["candidate_score"] == 3.0
+    assert len(members(isolated_env)) == 1  # the same member, not a second one
