@@ -279,9 +279,9 @@ def _reset(member: Member, repo: git.RepoInfo, ctx: git.Context, admin: Path) ->
         data = "\0".join(changed).encode("utf-8", "surrogateescape") + b"\0"
         git.run(ctx, *sandbox.PARALLEL_CHECKOUT, "checkout-index", "-f", "-u", "-z", "--stdin",
                 input=data)
-        left, other = _status(ctx, changed if len(changed) <= _MAX_LISTED else None)
-        if left or other:
-            raise SandboxError(f"{member.tree}: could not restore {', '.join((left + other)[:5])}")
+        still, other = _status(ctx, changed if len(changed) <= _MAX_LISTED else None)
+        if still or other:
+            raise SandboxError(f"{member.tree}: could not restore {', '.join((still + other)[:5])}")
     state_file.write_text(json.dumps({"head": repo.head, "index": _stat_key(admin / "index")}))
 
 
