@@ -42,11 +42,14 @@ HERE = Path(__file__).resolve()
 
 POLICIES: dict[str, dict[str, Any]] = {
     "naive": {"repeats": 1},
-    "threshold": {"repeats": 1, "min_improvement": 2.33},  # calibrate's one-run advice
+    # calibrate's one-run advice for noise 1: z(0.95) * sqrt(2) * 1
+    "threshold": {"repeats": 1, "min_improvement": 2.33},
+    "repeats2": {"repeats": 2},
+    "repeats3": {"repeats": 3},
     "repeats4": {"repeats": 4},
     "remeasure2": {"repeats": 2, "remeasure_baseline": True},
 }
-DEFAULT = ("naive", "repeats4", "remeasure2", "threshold")
+DEFAULT = ("naive", "threshold", "repeats2", "repeats3", "remeasure2")
 TASK = """\
 id: sim
 description: simulated noisy evaluation

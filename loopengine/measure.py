@@ -28,6 +28,10 @@ from loopengine.sandbox import Sandbox
 from loopengine.task import Task, match_artifact
 
 BASELINE, CANDIDATE = "baseline", "candidate"
+# With repeats, the stored baseline collects up to this many times `repeats` measurements,
+# one before each candidate run: a well-measured baseline narrows every later comparison
+# at the cost of one run per candidate run, until it is full.
+BASELINE_DEPTH = 4
 # Another measurement starts only if the budget leaves this multiple of the longest one.
 BUDGET_MARGIN = 1.25
 _LISTED = 10
@@ -244,10 +248,11 @@ def _measure_against(task: Task, evaluate: Measures, m: Measurement,
                      time_left: Callable[[], float]) -> None:
     policy = task.policy
     repeats = policy.repeats
+    depth = baseline_depth(repeats)
     for i in range(repeats):
-        # The baseline is topped up to `repeats` measurements, one before each candidate
-        # run: a remeasured baseline starts empty, so it alternates B C B C.
-        with_baseline = len(m.baseline) < repeats
+        # The baseline is topped up one run before each candidate run: a remeasured
+        # baseline starts empty, so it alternates B C B C.
+        with_baseline = len(m.baseline) < depth
         if i and time_left() < BUDGET_MARGIN * evaluate.longest * (1 + with_baseline):
             m.look = _judge(task, m, final=True)  # no room for another: decide now
             return
@@ -260,6 +265,11 @@ def _measure_against(task: Task, evaluate: Measures, m: Measurement,
         m.look = _judge(task, m, final=i == repeats - 1)
         if m.look.state != "more":
             return
+
+
+def baseline_depth(repeats: int) -> int:
+    """How many measurements the baseline is topped up to (one: the defaults, as ever)."""
+    return 1 if repeats == 1 else BASELINE_DEPTH * repeats
 
 
 def _candidate(task: Task, evaluate: Measures, m: Measurement) -> bool:

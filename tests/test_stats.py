@@ -262,19 +262,21 @@ def test_measure_interleaves_and_stops_when_clear(make_task: Any) -> None:
     assert (m.baseline, m.candidate, m.fresh) == ([1.0, 1.0], [2.0, 2.0], 2)
 
 
-def test_measure_tops_up_a_short_stored_baseline(make_task: Any) -> None:
-    task = make_task(repeats=3)
-    fake = Fake([1.0, 1.2], [0.9, 1.0, 1.1])
-    m = run(task, fake, Plan("stored", (1.1,)))
-    assert m.order == ["B", "C", "B", "C", "C"]
-    assert m.baseline == [1.1, 1.0, 1.2] and m.fresh == 2
+def test_measure_tops_up_the_stored_baseline(make_task: Any) -> None:
+    task = make_task(repeats=2)  # the baseline fills up to 4 x 2 measurements
+    fake = Fake([1.0, 1.2], [1.1, 1.1])
+    m = run(task, fake, Plan("stored", (1.1,) * 6))
+    assert m.order == ["B", "C", "B", "C"]
+    assert m.baseline == [1.1] * 6 + [1.0, 1.2] and m.fresh == 2
+    full = run(task, Fake([], [1.05, 1.06]), Plan("stored", (1.0, 1.1) * 4))
+    assert full.order == ["C", "C"] and full.fresh == 0
 
 
 def test_measure_stops_for_the_budget(make_task: Any) -> None:
     task = make_task(repeats=5)
     fake = Fake([1.0, 1.1, 0.9], [1.0, 1.05, 1.1])
     m = run(task, fake, Plan("stored", (1.0, 1.1, 0.9, 1.0, 1.05)), time_left=1.0)
-    assert m.order == ["C"] and m.look.state == "discard"
+    assert m.order == ["B", "C"] and m.look.state == "discard"
     assert m.look.reason.startswith("inconclusive")
 
 

@@ -109,12 +109,13 @@ def test_a_deterministic_scorer_stops_after_the_minimum_runs(loop: Loop) -> None
     assert first["status"] == "keep" and first["candidate_scores"] == [1.0] * 5
     assert loop.stored()["scores"] == [1.0] * 5
     better = loop.propose("score: 2\n")
-    # One run could only discard; a keep needs the candidate's second run.
+    # One run could only discard; a keep needs the candidate's second run.  Meanwhile the
+    # stored baseline gains a run before each candidate run (it fills up to 4 x repeats).
     assert better["status"] == "keep", better["reason"]
     assert better["candidate_scores"] == [2.0, 2.0]
-    assert better["baseline_scores"] == [1.0] * 5 and better["baseline_source"] == "stored"
+    assert better["baseline_scores"] == [1.0] * 7 and better["baseline_source"] == "stored"
     assert better["improvement"] == 1.0 and better["interval"] == [1.0, 1.0]
-    assert loop.seen() == ["1"] * 5 + ["2", "2"]
+    assert loop.seen() == ["1"] * 5 + ["1", "2", "1", "2"]
     # The keep's own scores never become the baseline's measurements (winner's curse):
     # the next iteration measures the baseline afresh, interleaved.
     assert loop.stored()["score"] == 2.0 and loop.stored()["scores"] == []
@@ -131,13 +132,16 @@ def test_a_deterministic_scorer_stops_after_the_minimum_runs(loop: Loop) -> None
 
 
 def test_a_noisy_close_call_is_an_inconclusive_discard(loop: Loop, repo: Repo) -> None:
-    loop.setup(sigma=1.0, policy__repeats=4)
+    # Calls 0-2 measure the first baseline: 10, 11, 9.  Then B C B C B C: the baseline
+    # gets 10.5, 9.5, 10 and the candidate 10.3, 11.3, 9.3 -- better by 0.3, sd about 1.
+    loop.setup(offsets="0,1,-1,0.5,0,-0.5,1,0,-1", policy__repeats=3)
     loop.propose("score: 10\n")
     head = repo.git("rev-parse", "HEAD")
     close = loop.propose("score: 10.3\n")
     assert close["status"] == "discard"
     assert close["reason"].startswith("inconclusive: ")
-    assert len(close["candidate_scores"]) == 4
+    assert close["candidate_scores"] == pytest.approx([10.3, 11.3, 9.3])
+    assert close["baseline_scores"] == [10.0, 11.0, 9.0, 10.5, 9.5, 10.0]
     low, high = close["interval"]
     assert low <= 0.0 < high and low < close["improvement"] < high
     assert f"improvement {close['improvement']:.6g}" in close["reason"]
@@ -151,15 +155,15 @@ def test_a_clearly_worse_candidate_costs_one_run(loop: Loop) -> None:
     loop.seen()
     bad = loop.propose("score: 8\n")
     assert bad["status"] == "discard" and len(bad["candidate_scores"]) == 1
-    assert loop.seen() == ["8"]
+    assert loop.seen() == ["10", "8"]  # one candidate run, after one run for the baseline
 
 
 def test_a_constraint_broken_by_any_run_stops_the_measuring(loop: Loop) -> None:
-    loop.setup(policy__repeats=3, constraints=[{"metric": "k", "max": 3}])
+    loop.setup(policy__repeats=3, constraints=[{"metric": "k", "max": 5}])
     loop.propose("score: 1\n")  # calls 0, 1, 2
-    late = loop.propose("score: 5\n")  # calls 3 (k=3 is fine), 4 (k=4 breaks it)
-    assert late["status"] == "discard" and late["violations"][0]["actual"] == 4
-    assert late["candidate_scores"] == [5.0, 5.0] and late["metrics"] == {"k": 4}
+    late = loop.propose("score: 5\n")  # B 3, C 4 (k=4 is fine), B 5, C 6 (k=6 breaks it)
+    assert late["status"] == "discard" and late["violations"][0]["actual"] == 6
+    assert late["candidate_scores"] == [5.0, 5.0] and late["metrics"] == {"k": 6}
 
 
 def test_minimize_with_repeats(loop: Loop) -> None:
