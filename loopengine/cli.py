@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import sys
+
+if sys.argv[1:2] == ["run"] or sys.argv[0].endswith("run_task.py"):
+    # Before the heavier imports: a signal sent while Python starts still ends in a
+    # record and exit status 130 / 143, not a traceback.
+    from loopengine import faults
+    from loopengine.signals import catch_early
+
+    catch_early()
+    faults.startup_signal()
+
+import json
 from pathlib import Path
 from typing import NoReturn
 

@@ -152,6 +152,8 @@ class _Iteration:
     # -- the order of the steps -------------------------------------------------
 
     def iterate(self) -> None:
+        assert self.guard is not None
+        self.guard.raise_pending()  # a signal that came while Python was starting
         self.alive.claim()
         recovery.clean_leftovers(self.root, self.run_id)
         self.task = load_task(self.opts.task_path, self.root)
@@ -518,6 +520,7 @@ class _Iteration:
         if self.sb is None or self.repo is None:
             return
         if self.opts.keep_sandbox:
+            sandbox.hand_over(self.sb)
             self.report.info(f"sandbox kept at {self.sb.tree}")
             self.alive.note_kept()
             return

@@ -30,3 +30,13 @@ def point(name: str) -> None:
     assert name in POINTS, name
     if os.environ.get(FAULT_VAR) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+SIGNAL_VAR = "LOOPENGINE_TEST_STARTUP_SIGNAL"
+
+
+def startup_signal() -> None:
+    """Send ourselves SIGINT or SIGTERM while still importing, if the test asked for it."""
+    name = os.environ.get(SIGNAL_VAR)
+    if name in ("INT", "TERM"):
+        os.kill(os.getpid(), signal.SIGINT if name == "INT" else signal.SIGTERM)

@@ -326,6 +326,22 @@ def snapshot(sb: Sandbox, name: str) -> str:
         raise SandboxError(f"could not read the sandbox: {exc}") from exc
 
 
+def hand_over(sb: Sandbox) -> None:
+    """``--keep-sandbox``: give the kept tree its worktree link back.
+
+    With the steps' private repository swapped for the link, ``git status`` in the kept
+    tree shows the candidate against HEAD, and ``git worktree remove --force`` removes it.
+    """
+    if sb.admin_dir is None:
+        return
+    dot_git = sb.tree / ".git"
+    if dot_git.is_dir() and not dot_git.is_symlink():
+        _rmtree(dot_git)
+    elif os.path.lexists(dot_git):
+        dot_git.unlink()
+    dot_git.write_text(f"gitdir: {sb.admin_dir}\n")
+
+
 def remove(sb: Sandbox, repo: git.RepoInfo) -> None:
     """Delete a fresh sandbox; hand a pool member back (its reset waits for its next use)."""
     if sb.lock_fd is not None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+
+import pytest
 from conftest import Repo
 
 
@@ -30,3 +33,33 @@ def test_climbs_then_discards_when_not_better(repo: Repo, guarded) -> None:
     third = guarded().record
     assert third["status"] == "discard"
     assert third["reason"] == "candidate has no change"
+
+
+def test_keep_sandbox_leaves_a_tree_git_can_inspect_and_remove(repo: Repo,
+                                                                isolated_env) -> None:
+    result = repo.run("--keep-sandbox", "-v")
+    assert result.record["status"] == "keep"
+    kept = [line.split("sandbox kept at ", 1)[1].strip()
+            for line in result.stderr.splitlines() if "sandbox kept at " in line]
+    assert len(kept) == 1
+    tree = kept[0]
+    # The candidate is there, and git in the kept tree sees it against HEAD.
+    status = subprocess.run(["git", "-C", tree, "status", "--porcelain"], capture_output=True,
+                            text=True, check=True).stdout
+    assert "tasks/demo/notes.md" in status
+    subprocess.run(["git", "-C", str(repo.path), "worktree", "remove", "--force", tree],
+                   check=True, capture_output=True)
+    assert repo.git("worktree", "list", "--porcelain").count("worktree ") == 1
+
+
+@pytest.mark.parametrize(("name", "code"), [("INT", 130), ("TERM", 143)])
+def test_a_signal_while_python_starts_still_gives_a_record(repo: Repo, name: str,
+                                                           code: int) -> None:
+    # The engine sends itself the signal while still importing, before its guard exists.
+    result = repo.run(env={"LOOPENGINE_TEST_STARTUP_SIGNAL": name})
+    assert result.code == code, result.stderr
+    record = result.record
+    assert record["status"] == "crash"
+    assert record["crash_kind"] == "interrupted"
+    assert repo.read("tasks/demo/notes.md") == "first\n"
+    assert repo.results()[-1]["run_id"] == record["run_id"]
