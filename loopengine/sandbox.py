@@ -96,6 +96,10 @@ def main_status(repo: git.RepoInfo) -> list[tuple[str, str]]:
         "--no-renames",
         "--ignore-submodules=all",
         "--ignored=no",
+        # Never walk work/ (it grows with every run) or a virtualenv, ignored or not.
+        "--",
+        ".",
+        *EXCLUDES,
     ).stdout
     entries = []
     for item in data.split(b"\0"):
