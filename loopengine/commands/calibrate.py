@@ -143,7 +143,7 @@ def describe(task: Task, r: dict[str, Any]) -> str:
     ]
     if r["stdev"] == 0.0:
         lines.append("the evaluation looks deterministic: repeats 1 and min_improvement 0 "
-                     "keep no false keeps")
+                     "make no false keeps")
     else:
         rate = f"{1.0 - r['confidence']:.0%}"
         tested, single = r["tested"], r["single"]
