@@ -107,8 +107,11 @@ class _ArtifactChanged(Exception):
 class Integrity:
     """Which files of the start tree (artifacts aside) differ from it now.
 
-    A private copy of the start index is refreshed and compared with the tree, so only
-    paths of the start tree count and an untouched file costs one ``stat``.
+    ``diff-files`` compares the tree with a private copy of the start index, so only
+    paths of the start tree count and an untouched file costs one ``lstat``.  It names
+    every file whose stat data changed; only when one of them is not an artifact is the
+    index refreshed (content compared) and asked again, so a file that was merely
+    touched or rewritten with the same bytes is no change.
     """
 
     def __init__(self, task: Task, sb: Sandbox) -> None:
@@ -118,7 +121,12 @@ class Integrity:
         self.ctx = sb.ctx.with_index(index)
 
     def changed(self) -> list[str]:
+        if not self._listed():
+            return []
         git.run(self.ctx, "update-index", "-q", "--refresh", check=False)
+        return self._listed()
+
+    def _listed(self) -> list[str]:
         out = git.run(self.ctx, "diff-files", "--name-only", "-z").stdout
         return [p for p in git.split_z(out) if not match_artifact(self.task, p)]
 

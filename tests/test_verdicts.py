@@ -451,3 +451,9 @@ def test_fingerprint_files_leave_out_the_artifacts_and_the_task_file(repo: Repo)
     globbed = load_task(repo.path / "tasks/demo/task.yaml", repo.path)
     picked = [e.decode().split("\t")[1] for e in fingerprint.files(globbed, ctx, tree)]
     assert picked == ["README.md", "tasks/demo/sub/c.md"]
+
+
+def test_touching_a_tracked_file_without_changing_it_is_fine(loop: Loop) -> None:
+    rewrite = "p = '../../README.md'; data = open(p).read(); open(p, 'w').write(data)"
+    loop.setup(runner__command=f'sleep 1.1 && {PY} -c "{rewrite}"')
+    assert loop.propose("score: 1\n")["status"] == "keep"
