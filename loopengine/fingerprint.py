@@ -10,8 +10,9 @@ never compared with it.  The fingerprint covers
   uncommitted state) outside the artifacts and the task file itself, or, when
   ``policy.fingerprint`` lists globs, of the files those globs match.
 
-Reading it costs two ``git ls-tree`` of a tree object git already has: one of the
-artifacts' folders, to find them, and one of the whole tree.
+Reading it costs one ``git ls-tree`` of the whole tree (a tree object git already has),
+and one of the artifacts' folders to find them, unless a pattern starts with a wildcard
+(then the first listing serves both).
 """
 
 from __future__ import annotations
@@ -56,11 +57,14 @@ def files(task: Task, ctx: git.Context, tree: str) -> list[bytes]:
         return [e for e in _list(ctx, tree, chosen.include)
                 if _path(e) != task_file and match_artifact(chosen, _path(e))]
     # Everything but the artifacts and the task file: the artifacts are found in a listing
-    # of their own folders, so a tree of 100,000 files costs a set lookup per file.
+    # of their own folders, so a tree of 100,000 files costs a set lookup per file.  When
+    # a pattern starts with a wildcard, their folder is the whole tree: one listing serves.
+    full = _list(ctx, tree, ())
+    near = full if _whole_tree(task.include) else _list(ctx, tree, task.include)
     skip = {task_file.encode("utf-8", "surrogateescape")}
     skip.update(p.encode("utf-8", "surrogateescape") for p in
-                (_path(e) for e in _list(ctx, tree, task.include)) if match_artifact(task, p))
-    return [e for e in _list(ctx, tree, ()) if e.partition(b"\t")[2] not in skip]
+                (_path(e) for e in near) if match_artifact(task, p))
+    return [e for e in full if e.partition(b"\t")[2] not in skip]
 
 
 def _globs(task: Task) -> Task | None:
@@ -73,11 +77,14 @@ def _globs(task: Task) -> Task | None:
     return replace(task, include=inside)
 
 
+def _whole_tree(patterns: tuple[str, ...]) -> bool:
+    """True when listing below the literal folders of ``patterns`` lists everything."""
+    return not patterns or any(_prefix(p) == "" for p in patterns)
+
+
 def _list(ctx: git.Context, tree: str, patterns: tuple[str, ...]) -> list[bytes]:
     """``ls-tree -r`` entries, below the literal folders of ``patterns`` when given."""
-    prefixes = sorted({_prefix(p) for p in patterns})
-    if "" in prefixes:
-        prefixes = []
+    prefixes = [] if _whole_tree(patterns) else sorted({_prefix(p) for p in patterns})
     out = git.run(ctx, "ls-tree", "-r", "-z", "--full-tree", tree, "--", *prefixes).stdout
     return [e for e in out.split(b"\0") if e]
 
