@@ -51,9 +51,10 @@ HARDENED_CONFIG = (
     "protocol.file.allow=never",
 )
 
-# Inherited variables that would make git look at another repository, index or config.
-_DROPPED_PREFIXES = ("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_")
-_DROPPED = frozenset(
+# Inherited variables that would point git at another repository, index or config.  Steps
+# run without them too (process.step_env), so a step's git sees its own sandbox.
+REPO_VAR_PREFIXES = ("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_")
+REPO_VARS = frozenset(
     {
         "GIT_DIR",
         "GIT_WORK_TREE",
@@ -70,21 +71,25 @@ _DROPPED = frozenset(
         "GIT_CONFIG_COUNT",
         "GIT_QUARANTINE_PATH",
         "GIT_REFLOG_ACTION",
-        "GIT_EXTERNAL_DIFF",
-        "GIT_DIFF_OPTS",
-        "GIT_PAGER",
-        "GIT_EDITOR",
-        "GIT_SEQUENCE_EDITOR",
-        "GIT_TRACE",
-        "GIT_TRACE2",
-        "GIT_TRACE2_EVENT",
-        "GIT_TRACE2_PERF",
-        "GIT_FLUSH",
-        "GIT_ASKPASS",
-        "GIT_SSH",
-        "GIT_SSH_COMMAND",
     }
 )
+# The engine's own calls also drop what would change what it reads or make git wait.
+_DROPPED = REPO_VARS | {
+    "GIT_EXTERNAL_DIFF",
+    "GIT_DIFF_OPTS",
+    "GIT_PAGER",
+    "GIT_EDITOR",
+    "GIT_SEQUENCE_EDITOR",
+    "GIT_TRACE",
+    "GIT_TRACE2",
+    "GIT_TRACE2_EVENT",
+    "GIT_TRACE2_PERF",
+    "GIT_FLUSH",
+    "GIT_ASKPASS",
+    "GIT_SSH",
+    "GIT_SSH_COMMAND",
+}
+_DROPPED_PREFIXES = REPO_VAR_PREFIXES
 
 
 def clean_env(base: Mapping[str, str] | None = None) -> dict[str, str]:

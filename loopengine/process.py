@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from loopengine.errors import Interrupted
+from loopengine.git import REPO_VAR_PREFIXES, REPO_VARS
 
 TOKEN_VAR = "LOOPENGINE_STEP_TOKEN"
 STDOUT_MARKER = "--- stdout ---"
@@ -44,27 +45,6 @@ REAP_SECONDS = 5.0
 # ``on_line`` looks at no more than this much new output per poll.
 _TAIL_WINDOW = 64 * 1024
 
-# Variables that would point git at another repository, index or config.
-_GIT_VARS = frozenset(
-    {
-        "GIT_DIR",
-        "GIT_WORK_TREE",
-        "GIT_INDEX_FILE",
-        "GIT_OBJECT_DIRECTORY",
-        "GIT_ALTERNATE_OBJECT_DIRECTORIES",
-        "GIT_COMMON_DIR",
-        "GIT_NAMESPACE",
-        "GIT_PREFIX",
-        "GIT_CEILING_DIRECTORIES",
-        "GIT_DISCOVERY_ACROSS_FILESYSTEM",
-        "GIT_CONFIG",
-        "GIT_CONFIG_PARAMETERS",
-        "GIT_CONFIG_COUNT",
-        "GIT_QUARANTINE_PATH",
-        "GIT_REFLOG_ACTION",
-    }
-)
-_GIT_VAR_PREFIXES = ("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_")
 
 
 @dataclass(frozen=True)
@@ -88,7 +68,7 @@ def step_env(base: Mapping[str, str], extra: Mapping[str, str]) -> dict[str, str
     env = {
         key: value
         for key, value in base.items()
-        if key not in _GIT_VARS and not key.startswith(_GIT_VAR_PREFIXES) and key != TOKEN_VAR
+        if key not in REPO_VARS and not key.startswith(REPO_VAR_PREFIXES) and key != TOKEN_VAR
     }
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env.update(extra)
