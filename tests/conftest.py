@@ -282,3 +282,14 @@ def guarded(repo: Repo, isolated_env: Path) -> Iterator[Any]:
         return result
 
     yield call
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[str]]]:
+    """Runs started by a test; killed if the test fails half-way."""
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -7,10 +7,8 @@ import os
 import signal
 import subprocess
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from conftest import BIN, PY, Repo, default_task
 from contract_checks import (
     all_dead,
@@ -23,18 +21,6 @@ from contract_checks import (
     wait_for,
     worktrees,
 )
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
 
 
 def wave(repo: Repo, procs: list, n: int) -> list[dict]:
