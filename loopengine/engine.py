@@ -364,7 +364,6 @@ class _Iteration:
                                         "git repository") for path in nested]
             raise Verdict(decide_mod.Decision("discard", diff_mod.describe(found),
                                               violations=found)) from exc
-        self.cand_tree = cand_tree
         self.stats = diff_mod.read_diff(self.sb.ctx, self.sb.start_tree, cand_tree)
         if self.stats.files:
             patch = self.run_dir / "candidate.patch"

@@ -24,12 +24,6 @@ class TaskError(LoopError):
     crash_kind = "config"
 
 
-class RepoStateError(LoopError):
-    """The repository is in a state where no faithful sandbox can be made."""
-
-    crash_kind = "sandbox"
-
-
 class SandboxError(LoopError):
     """The sandbox could not be made, reset or removed."""
 

@@ -189,7 +189,3 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def only_artifacts(task: Task, changes: Sequence[FileChange]) -> list[FileChange]:
-    return [f for f in changes if match_artifact(task, f.path)]
