@@ -244,5 +244,17 @@ def verify(commit: str, task_path: str | None, verbose: bool, repo: str | None) 
     sys.exit(code)
 
 
+# --- campaigns: batches, loop, gc, show --apply (issue 12) ---------------------------
+# (commands of this section go here)
+
+
+# --- views: status, report, mcp (issue 14) ---------------------------------------------
+# (commands of this section go here)
+
+
+# --- cluster and isolation helpers (issues 11, 13) -------------------------------------
+# (commands of this section go here)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

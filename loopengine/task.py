@@ -36,10 +36,34 @@ RESERVED_DIRS: Final = frozenset({".git", "work", ".venv", ".pytest_cache"})
 
 
 @dataclass(frozen=True)
+class Isolation:
+    """How one step is isolated (contract section 10): the task's ``isolation`` section
+    with the step's own ``isolation`` keys laid over it."""
+
+    mode: str = "auto"  # "auto" | "bwrap" | "none"
+    network: bool = False
+    read: tuple[str, ...] = ()
+    write: tuple[str, ...] = ()
+    hide: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Executor:
+    """Where the runner and scorer measurements run (contract section 14)."""
+
+    kind: str = "local"  # "local" | "ray"
+    address: str = "auto"  # ray: the cluster to join ("auto": RAY_ADDRESS, else a local one)
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+
+@dataclass(frozen=True)
 class Step:
     command: str
     cwd: str  # repo-relative posix, "." for the root
     timeout_seconds: float
+    isolation: Isolation = Isolation()
 
 
 @dataclass(frozen=True)
@@ -65,6 +89,7 @@ class Policy:
     remeasure_baseline: bool
     confidence: float
     fingerprint: tuple[str, ...]
+    effect: float | None = None  # the smallest improvement worth finding (None: one noise sd)
 
 
 @dataclass(frozen=True)
@@ -89,8 +114,10 @@ class Task:
     max_seconds: float
     results_path: str
     sandbox_reuse: bool
+    isolation: Isolation = Isolation()  # the task-level section; each Step has its merged one
+    executor: Executor = Executor()
     # Derived from the fields above; kept out of ==, hash and repr.
-    data: dict[str, Any] = field(compare=False, hash=False, repr=False)
+    data: dict[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
 
 # --- the walker's vocabulary ---------------------------------------------------------
@@ -417,6 +444,27 @@ _ID = Str(pattern=r"[A-Za-z0-9._-]+", mismatch="must match [A-Za-z0-9._-]+", res
 _SUFFIX = Str(pattern=r"\.[^/]+", mismatch="must be a file suffix starting with '.', like '.md'")
 
 
+_PATHS = Array(_TEXT)
+
+
+def _isolation(defaults: bool) -> Map:
+    """The ``isolation`` keys; a step's override has no defaults (absent: the task's)."""
+
+    def opt(key: str, check: Check, default: object, text: str) -> Optional:
+        return Optional(key, check, default if defaults else NO_DEFAULT, text)
+
+    return Map(
+        opt("mode", Enum("auto", "bwrap", "none"), "auto",
+            "auto: bubblewrap where it works here, else unisolated with a warning; "
+            "bwrap: bubblewrap or a crash; none: no OS isolation."),
+        opt("network", Bool(), False, "May steps open network connections."),
+        opt("read", _PATHS, [], "Paths to make readable that would otherwise be hidden."),
+        opt("write", _PATHS, [], "Host paths a step may write besides its sandbox."),
+        opt("hide", _PATHS, [], "More paths to hide, besides the default secret locations."),
+        opt("env", _PATHS, [], "Environment variables passed through besides the allowlist."),
+    )
+
+
 def _step(does: str, *extra: Required | Optional) -> Map:
     return Map(
         Optional(
@@ -425,6 +473,7 @@ def _step(does: str, *extra: Required | Optional) -> Map:
         Required("command", _TEXT, f"Shell command, run by /bin/sh -c, that {does}."),
         Optional("cwd", RepoPath(), ".", "Working directory, relative to the repository root."),
         Optional("timeout_seconds", _SECONDS, 600, "Kill the step and all it started after this."),
+        Optional("isolation", _isolation(False), {}, "This step's own isolation keys."),
         *extra,
     )
 
@@ -476,6 +525,26 @@ _POLICY = Map(
         [],
         "Globs of what evaluates the artifact; [] = every tracked file outside the artifacts.",
     ),
+    Optional(
+        "effect",
+        Nullable(Num(exclusive_minimum=0)),
+        None,
+        "The smallest improvement worth finding (null: one standard deviation of the noise).",
+    ),
+)
+
+_EXECUTOR = Map(
+    Optional("kind", Enum("local", "ray"), "local", "Where measurements run."),
+    Optional("address", _TEXT, "auto", "ray: the cluster to join (auto: RAY_ADDRESS)."),
+    Optional(
+        "resources",
+        Map(
+            Optional("num_cpus", Num(minimum=0), 1, "CPUs per evaluation."),
+            Optional("num_gpus", Num(minimum=0), 0, "GPUs per evaluation."),
+        ),
+        {},
+        "What one evaluation needs.",
+    ),
 )
 
 SCHEMA: Final = Map(
@@ -513,6 +582,8 @@ SCHEMA: Final = Map(
         {},
         "How candidates are isolated.",
     ),
+    Optional("isolation", _isolation(True), {}, "OS-level isolation of every step."),
+    Optional("executor", _EXECUTOR, {}, "Where the runner and scorer measurements run."),
     noun="section",
 )
 
@@ -629,8 +700,21 @@ def load_task(path: str | os.PathLike[str], repo_root: Path) -> Task:
     return _record(data, file, display, root, task_dir)
 
 
-def _make_step(d: dict[str, Any]) -> Step:
-    return Step(d["command"], d["cwd"], float(d["timeout_seconds"]))
+def _make_isolation(d: dict[str, Any], base: Isolation | None = None) -> Isolation:
+    base = base or Isolation()
+    return Isolation(
+        mode=d.get("mode", base.mode),
+        network=d.get("network", base.network),
+        read=tuple(d.get("read", base.read)),
+        write=tuple(d.get("write", base.write)),
+        hide=tuple(d.get("hide", base.hide)),
+        env=tuple(d.get("env", base.env)),
+    )
+
+
+def _make_step(d: dict[str, Any], isolation: Isolation) -> Step:
+    return Step(d["command"], d["cwd"], float(d["timeout_seconds"]),
+                _make_isolation(d["isolation"], isolation))
 
 
 def _optional_float(value: float | None) -> float | None:
@@ -640,6 +724,8 @@ def _optional_float(value: float | None) -> float | None:
 def _record(data: dict[str, Any], file: Path, display: str, root: Path, task_dir: str) -> Task:
     artifacts, mutation, policy = data["artifacts"], data["mutation"], data["policy"]
     parse = data["scorer"]["parse"]
+    isolation = _make_isolation(data["isolation"])
+    executor = data["executor"]
     return Task(
         path=file,
         display_path=display,
@@ -651,9 +737,9 @@ def _record(data: dict[str, Any], file: Path, display: str, root: Path, task_dir
         max_files_per_iteration=artifacts["max_files_per_iteration"],
         max_changed_lines=mutation["max_changed_lines"],
         allowed_file_types=tuple(mutation["allowed_file_types"]),
-        mutator=_make_step(data["mutator"]),
-        runner=_make_step(data["runner"]),
-        scorer=_make_step(data["scorer"]),
+        mutator=_make_step(data["mutator"], isolation),
+        runner=_make_step(data["runner"], isolation),
+        scorer=_make_step(data["scorer"], isolation),
         parse=Parse(parse["format"], parse["score_field"], parse["metrics_field"]),
         direction=data["objective"]["direction"],
         constraints=tuple(
@@ -668,10 +754,18 @@ def _record(data: dict[str, Any], file: Path, display: str, root: Path, task_dir
             remeasure_baseline=policy["remeasure_baseline"],
             confidence=float(policy["confidence"]),
             fingerprint=tuple(policy["fingerprint"]),
+            effect=_optional_float(policy["effect"]),
         ),
         max_seconds=float(data["budget"]["max_seconds"]),
         results_path=data["logging"]["results_path"],
         sandbox_reuse=data["sandbox"]["reuse"],
+        isolation=isolation,
+        executor=Executor(
+            kind=executor["kind"],
+            address=executor["address"],
+            num_cpus=float(executor["resources"]["num_cpus"]),
+            num_gpus=float(executor["resources"]["num_gpus"]),
+        ),
         data=data,
     )
 

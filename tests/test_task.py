@@ -190,7 +190,7 @@ def test_minimal_task_gets_every_default(repo: Path) -> None:
 
 
 def test_data_is_the_document_with_defaults_filled_in(repo: Path) -> None:
-    step = {"type": "command", "cwd": ".", "timeout_seconds": 600}
+    step = {"type": "command", "cwd": ".", "timeout_seconds": 600, "isolation": {}}
     assert load(repo, MINIMAL).data == {
         "id": "t",
         "description": "",
@@ -213,10 +213,15 @@ def test_data_is_the_document_with_defaults_filled_in(repo: Path) -> None:
             "remeasure_baseline": False,
             "confidence": 0.95,
             "fingerprint": [],
+            "effect": None,
         },
         "budget": {"max_seconds": 3600},
         "logging": {"results_path": "work/results.jsonl"},
         "sandbox": {"reuse": False},
+        "isolation": {"mode": "auto", "network": False, "read": [], "write": [], "hide": [],
+                      "env": []},
+        "executor": {"kind": "local", "address": "auto",
+                     "resources": {"num_cpus": 1, "num_gpus": 0}},
     }
     data = load(repo, VALID).data
     assert json.loads(json.dumps(data)) == data
@@ -853,7 +858,7 @@ def test_json_schema_is_a_draft_2020_12_document() -> None:
 
 def test_json_schema_follows_the_declaration() -> None:
     schema = json_schema()
-    assert list(schema["properties"]) == [*SECTIONS, "sandbox"]
+    assert list(schema["properties"]) == [*SECTIONS, "sandbox", "isolation", "executor"]
     assert list(schema["properties"]) == [f.key for f in SCHEMA.fields]
     assert schema["required"] == SECTIONS
     runner = schema["properties"]["runner"]
