@@ -130,7 +130,7 @@ def test_the_sample_task_and_the_scaffold_conform_to_the_schema(repo: Repo) -> N
 
 
 def test_readme_shows_how_to_point_an_editor_at_the_schema() -> None:
-    readme = (PROJECT / "README.md").read_text()
-    assert "## The commands" in readme
+    readme = (PROJECT / "docs/commands.md").read_text()
+    assert "# The commands" in readme
     assert "uv run loopengine schema > task.schema.json" in readme
     assert "# yaml-language-server: $schema=" in readme
