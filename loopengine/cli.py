@@ -114,7 +114,8 @@ def show(run_id: str, repo: str | None, patch_only: bool, color: str, lines: int
     """Show one run: record, candidate patch, step logs.
 
     Prints the record, the candidate patch and the end of each step's log. RUN_ID is a
-    run id from a record, or any prefix of it that names one run.
+    run id from a record, any prefix or suffix of it that names one run, or `last`
+    for the newest run.
     """
     from loopengine.commands.show import show as show_command
 

@@ -172,3 +172,33 @@ def test_show_help_names_every_option() -> None:
     for option in ("--patch", "--repo", "--color", "--lines"):
         assert option in text
     assert BIN.exists()  # the stand-ins the other tests use
+
+
+def test_show_last_is_the_newest_run_and_a_suffix_names_a_run(repo: Repo) -> None:
+    nothing = invoke("show", "last", "--repo", str(repo.path))
+    assert (nothing.exit_code, nothing.stdout) == (1, "")
+    assert nothing.stderr == "loopengine: no runs yet in work/runs\n"
+    first, second = run_ok(repo), run_ok(repo)
+    exact = invoke("show", second["run_id"], "--repo", str(repo.path)).stdout
+    last = invoke("show", "last", cwd=repo.path / "tasks")
+    assert last.exit_code == 0
+    assert last.stdout == exact
+    # The random tail of a run id is what an agent types: six hex characters.
+    for rec in (first, second):
+        tail = rec["run_id"].rsplit("-", 1)[1]
+        by_suffix = invoke("show", tail, "--repo", str(repo.path))
+        assert by_suffix.exit_code == 0, by_suffix.stderr
+        assert by_suffix.stdout.startswith(f"== run {rec['run_id']}: ")
+        patch = invoke("show", tail[-4:], "--patch", "--repo", str(repo.path))
+        assert patch.exit_code == 0
+        assert patch.stdout == (repo.path / rec["patch"]).read_text()
+
+
+def test_an_ambiguous_suffix_is_a_clear_error(repo: Repo) -> None:
+    rec = run_ok(repo)
+    folder = run_folder(repo, rec["run_id"])
+    shutil.copytree(folder, folder.with_name("20000101T000000000000Z-" + rec["run_id"][-6:]))
+    tail = rec["run_id"][-6:]
+    result = invoke("show", tail, "--repo", str(repo.path))
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"loopengine: run id suffix {tail!r} is ambiguous: 2 runs")

@@ -17,30 +17,39 @@ from loopengine.results import WORK_DIR
 STEP_LOGS = ("mutator", "runner", "scorer")
 # Reading the end of a log: enough bytes for ``lines`` lines of ordinary output.
 TAIL_WINDOW = 256 * 1024
+LAST = "last"  # `show last`: the newest run
 
 
 def runs_dir(root: Path) -> Path:
     return root / WORK_DIR / "runs"
 
 
-def resolve_run(root: Path, prefix: str) -> Path:
-    """The run folder named ``prefix``, or the only one whose name starts with it."""
+def resolve_run(root: Path, wanted: str) -> Path:
+    """The run folder named ``wanted``: an exact run id, ``last`` (the newest run), or a
+    prefix or a suffix of exactly one run id."""
     folder = runs_dir(root)
     shown = f"{WORK_DIR}/runs"
-    if not prefix:
-        raise CommandError("an empty run id matches every run; give a run id or a prefix")
+    if not wanted:
+        raise CommandError("an empty run id matches every run; give a run id, a prefix or "
+                           "a suffix of one, or `last`")
     try:
         names = sorted(e.name for e in os.scandir(folder) if e.is_dir(follow_symlinks=False))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         names = []
-    if prefix in names:
-        return folder / prefix
-    matches = [name for name in names if name.startswith(prefix)]
+    if wanted in names:
+        return folder / wanted
+    if wanted == LAST:
+        # Run ids sort in start order, so the newest run is the greatest name.
+        if not names:
+            raise CommandError(f"no runs yet in {shown}")
+        return folder / names[-1]
+    matches = [name for name in names if name.startswith(wanted) or name.endswith(wanted)]
     if not matches:
-        raise CommandError(f"no run {prefix!r} in {shown}")
+        raise CommandError(f"no run {wanted!r} in {shown}")
     if len(matches) > 1:
         listed = ", ".join(matches[:5]) + (", ..." if len(matches) > 5 else "")
-        raise CommandError(f"run id prefix {prefix!r} is ambiguous: {len(matches)} runs "
+        part = "prefix" if any(name.startswith(wanted) for name in matches) else "suffix"
+        raise CommandError(f"run id {part} {wanted!r} is ambiguous: {len(matches)} runs "
                            f"match ({listed})")
     return folder / matches[0]
 
