@@ -391,10 +391,13 @@ class _Iteration:
         finally:
             self.score, self.metrics = self.measured.score, self.measured.metrics
         if self.measured.baseline and self.plan.source != "none":
+            metrics = self.measured.baseline_metrics if self.measured.fresh else \
+                self.baseline.metrics if self.baseline else {}
             self.baseline = Baseline(
                 score=stats.mean(self.measured.baseline),
                 artifacts=sync.digest(self.start_state), run_id=self.run_id,
-                fingerprint=self.fingerprint, scores=tuple(self.measured.baseline))
+                fingerprint=self.fingerprint, scores=tuple(self.measured.baseline),
+                metrics=metrics)
         if self.measured.stop is not None:
             raise Verdict(self.measured.stop)
 
@@ -447,8 +450,10 @@ class _Iteration:
         if new is None:
             return None
         state = self.frozen if keep and self.stats.files else self.start_state
+        metrics = measure_mod.new_baseline_metrics(self.measured, kept=keep,
+                                                   has_change=bool(self.stats.files))
         return Baseline(score=new[0], artifacts=sync.digest(state), run_id=self.run_id,
-                        fingerprint=self.fingerprint, scores=new[1])
+                        fingerprint=self.fingerprint, scores=new[1], metrics=metrics)
 
     def write_intent(self, keep: bool) -> None:
         """All that recovery needs to finish this keep, written before its first write."""

@@ -213,6 +213,7 @@ class Measurement:
     fresh: int = 0  # baseline measurements made in this iteration
     order: list[str] = field(default_factory=list)  # "B" / "C", in the order measured
     metrics: dict[str, Any] = field(default_factory=dict)  # the last candidate's
+    baseline_metrics: dict[str, Any] = field(default_factory=dict)  # the last fresh baseline's
     look: Look | None = None
     stop: Decision | None = None  # a discard found while measuring
 
@@ -250,6 +251,7 @@ def _measure_alone(task: Task, evaluate: Measures, how: Plan, m: Measurement,
             return
     if how.source == "remeasured":  # the unchanged candidate is the baseline
         m.baseline, m.fresh = list(m.candidate), len(m.candidate)
+        m.baseline_metrics = m.metrics
 
 
 def _measure_against(task: Task, evaluate: Measures, m: Measurement,
@@ -265,7 +267,9 @@ def _measure_against(task: Task, evaluate: Measures, m: Measurement,
             m.look = _judge(task, m, final=True)  # no room for another: decide now
             return
         if with_baseline:
-            m.baseline.append(evaluate(BASELINE).score)
+            sample = evaluate(BASELINE)
+            m.baseline.append(sample.score)
+            m.baseline_metrics = sample.metrics
             m.fresh += 1
             m.order.append("B")
         if not _candidate(task, evaluate, m):
@@ -303,6 +307,8 @@ def new_baseline(m: Measurement, how: Plan, *, kept: bool,
                  has_change: bool) -> tuple[float, tuple[float, ...]] | None:
     """The score and measurements to store as the baseline, or None to leave the store.
 
+    Its metrics are :func:`new_baseline_metrics`.
+
     A keep that beat a baseline stores its mean but no measurements (they were selected
     for being high); what was measured without a selection is stored as measurements.
     """
@@ -318,6 +324,14 @@ def new_baseline(m: Measurement, how: Plan, *, kept: bool,
     return None
 
 
+def new_baseline_metrics(m: Measurement, *, kept: bool, has_change: bool) -> dict[str, Any]:
+    """The metrics that go with :func:`new_baseline`'s score: the candidate's when it is
+    the new baseline, else those of the baseline's last fresh measurement."""
+    if m.fresh and not (kept and has_change):
+        return m.baseline_metrics
+    return m.metrics
+
+
 def record_fields(task: Task | None, m: Measurement | None, how: Plan | None,
                   fingerprint: str | None, stored: Baseline | None) -> dict[str, Any]:
     """The record's section-8 fields; on every record, so that its shape never varies."""
@@ -330,6 +344,12 @@ def record_fields(task: Task | None, m: Measurement | None, how: Plan | None,
     elif candidate and baseline and task is not None:
         delta = improvement(stats.mean(candidate), stats.mean(baseline), task.direction)
     source = how.source if how else ("stored" if stored is not None else "none")
+    if source == "remeasured" and not (m and m.fresh):
+        source = "none"  # planned, but nothing was measured: held against nothing
+    if m and m.fresh:
+        baseline_metrics = m.baseline_metrics
+    else:
+        baseline_metrics = stored.metrics if stored is not None and source == "stored" else {}
     return {
         "candidate_scores": candidate,
         "baseline_scores": baseline,
@@ -337,4 +357,5 @@ def record_fields(task: Task | None, m: Measurement | None, how: Plan | None,
         "interval": list(look.interval) if look and look.interval else None,
         "fingerprint": fingerprint,
         "baseline_source": source,
+        "baseline_metrics": baseline_metrics,
     }

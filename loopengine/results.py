@@ -187,6 +187,9 @@ class Baseline:
     run_id: str
     fingerprint: str | None = None
     scores: tuple[float, ...] = ()
+    # The scorer's metrics of the last measurement the score came from (records show them
+    # as ``baseline_metrics``, so that an agent sees which metric regressed).
+    metrics: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -210,6 +213,7 @@ def load_baseline(root: Path, task_id: str) -> Baseline | None:
             run_id=str(data["run_id"]),
             fingerprint=data.get("fingerprint"),
             scores=tuple(float(s) for s in data.get("scores", ())),
+            metrics=_metrics(data.get("metrics", {})),
         )
     except FileNotFoundError:
         return None
@@ -219,6 +223,12 @@ def load_baseline(root: Path, task_id: str) -> Baseline | None:
             f"{path.relative_to(root)}: damaged baseline store ({exc}); "
             "delete it to measure a new baseline"
         ) from exc
+
+
+def _metrics(value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError(f"metrics is {type(value).__name__}, not an object")
+    return value
 
 
 def store_baseline(root: Path, task_id: str, baseline: Baseline) -> None:
