@@ -250,7 +250,23 @@ def verify(commit: str, task_path: str | None, verbose: bool, repo: str | None) 
 
 
 # --- views: status, report, mcp (issue 14) ---------------------------------------------
-# (commands of this section go here)
+
+
+@main.command()
+@click.option("--task", "task_id", metavar="ID", help="Only this task id.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@REPO_OPTION
+def status(task_id: str | None, as_json: bool, repo: str | None) -> None:
+    """Show where each task stands: baseline, last keep, counts, a running loop.
+
+    Reads the records, the baseline store and the task files; runs nothing.  A baseline
+    is "current" when the next run would compare with it: same artifact content, same
+    evaluation fingerprint (HEAD plus the tracked files changed since; untracked files
+    are not looked at).
+    """
+    from loopengine.commands.status import status as status_command
+
+    status_command(repo_root(repo), task_id, as_json)
 
 
 # --- cluster and isolation helpers (issues 11, 13) -------------------------------------

@@ -38,12 +38,27 @@ def sections(task: Task) -> dict[str, Any]:
 
 def compute(task: Task, ctx: git.Context, tree: str) -> str:
     """``sha256:<hex>`` over the task's evaluating sections and the evaluating files."""
+    return digest(task, files(task, ctx, tree))
+
+
+def digest(task: Task, entries: list[bytes]) -> str:
+    """The fingerprint of ``entries`` (``ls-tree`` lines, in ``ls-tree`` order)."""
     h = hashlib.sha256(VERSION)
     h.update(json.dumps(sections(task), sort_keys=True, separators=(",", ":"),
                         ensure_ascii=False).encode())
-    for entry in files(task, ctx, tree):
+    for entry in entries:
         h.update(b"\0" + entry)
     return "sha256:" + h.hexdigest()
+
+
+def covers(task: Task, path: str) -> bool:
+    """Whether the file at repo-relative ``path`` is one of the evaluating files."""
+    if path == task.path.relative_to(task.repo_root).as_posix():
+        return False
+    chosen = _globs(task)
+    if chosen is not None:
+        return bool(chosen.include) and match_artifact(chosen, path)
+    return not match_artifact(task, path)
 
 
 def files(task: Task, ctx: git.Context, tree: str) -> list[bytes]:
