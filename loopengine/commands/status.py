@@ -166,16 +166,16 @@ def baseline_status(root: Path, task_id: str, task: Task | None,
     if stored is None:
         return None
     by_run = next((r for r in reversed(records) if r.get("run_id") == stored.run_id), None)
-    metrics: dict[str, Any] = {}
+    metrics: Any = stored.metrics
     count = len(stored.scores)
     if by_run is not None:
-        if by_run.get("status") == "keep" and by_run.get("changed_files"):
-            metrics = by_run.get("metrics") or {}
+        kept = by_run.get("status") == "keep" and by_run.get("changed_files")
+        if not metrics:  # a store written before it kept metrics
+            metrics = (by_run.get("metrics") if kept else by_run.get("baseline_metrics")) or {}
+        if kept and not count:
             # A keep stores no measurements (they were selected for being high); its
             # score is the mean of the candidate's own.
-            count = count or len(by_run.get("candidate_scores") or []) or 1
-        else:
-            metrics = by_run.get("baseline_metrics") or by_run.get("metrics") or {}
+            count = len(by_run.get("candidate_scores") or []) or 1
     current, why = is_current(root, task, stored.artifacts, stored.fingerprint, head)
     return {
         "score": stored.score,
