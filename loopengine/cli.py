@@ -65,8 +65,10 @@ def main() -> None:
 @click.option("--task", "task_path", required=True, type=str,
               help="Path to the task file (task.yaml), relative to the current directory.")
 @REPO_OPTION
-@click.option("--patch", "patch_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Use this unified diff as the candidate instead of running the mutator.")
+@click.option("--patch", "patch_file",
+              type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path),
+              help="Use this unified diff as the candidate instead of running the mutator "
+                   "(- reads it from standard input).")
 @click.option("--keep-sandbox", is_flag=True,
               help="Leave the sandbox on disk for inspection (its path goes to stderr).")
 @click.option("-v", "--verbose", is_flag=True,

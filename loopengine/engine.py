@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import shutil
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from loopengine import (
     tripwire,
 )
 from loopengine import measure as measure_mod
+from loopengine import patch as patch_mod
 from loopengine.errors import Interrupted, LoopError, SandboxError
 from loopengine.process import StepResult, log_tail, run_step, step_env
 from loopengine.progress import Reporter
@@ -146,6 +148,7 @@ class _Iteration:
         self.plan: measure_mod.Plan | None = None
         self.measured: measure_mod.Measurement | None = None
         self.tripwire: tripwire.Tripwire | None = None
+        self.patch_input: Path | None = None
         self.journal = journal.Journal(self.run_dir)
         self.alive = recovery.Alive(self.root, self.run_id)
 
@@ -159,6 +162,8 @@ class _Iteration:
         self.task = load_task(self.opts.task_path, self.root)
         self.alive.note_task(self.task.id, self.task.results_path)
         self.deadline = self.t0 + self.task.max_seconds
+        if self.opts.patch_file is not None:
+            self.read_patch()
         self.repo = git.repo_info(self.root)
         self.reserve_sandbox()
         overlay = self.check_repo_state()
@@ -167,7 +172,7 @@ class _Iteration:
         self.choose_baseline()
         faults.point("after_sandbox")
         if self.opts.patch_file is not None:
-            self.apply_patch(self.opts.patch_file)
+            self.apply_patch()
         else:
             self.run("mutator", self.task.mutator)
         faults.point("after_mutator")
@@ -323,25 +328,43 @@ class _Iteration:
                 f"exited with status {code}"
             raise StepCrash(name, f"{name} {how}", log_tail(result.log_path))
 
-    def apply_patch(self, patch_file: Path) -> None:
-        assert self.sb is not None
+    def read_patch(self) -> None:
+        """The agent's patch, read once into the run folder: git only reads that copy."""
+        assert self.opts.patch_file is not None
+        self.patch_input = patch_mod.read(self.opts.patch_file, self.run_dir / "input.patch",
+                                          timeout=self.deadline - time.monotonic())
+
+    def apply_patch(self) -> None:
+        assert self.sb is not None and self.patch_input is not None
+        given = self.opts.patch_file
+        assert given is not None
         self.report.step_started("mutator")
         started = time.monotonic()
         log = self.run_dir / "mutator.log"
-        # --whitespace=nowarn: the patch applies byte for byte, whatever the user's
-        # apply.whitespace says (error would refuse it, fix would change it).
-        proc = git.run(git.Context(self.sb.tree, git_dir=self.sb.tree / ".git",
-                                   work_tree=self.sb.tree),
-                       "-c", "apply.ignoreWhitespace=no", "apply", "--verbose",
-                       "--whitespace=nowarn", "--", str(patch_file.resolve()), check=False)
-        text = (proc.stdout + proc.stderr).decode("utf-8", "replace")
+        if patch_mod.is_empty(self.patch_input):
+            applied = patch_mod.Applied(True, "an empty patch: a candidate with no change\n")
+        else:
+            scratch = self.sb.index("apply")
+            shutil.copy2(self.sb.start_index, scratch)  # copy2: see sandbox._create_worktree
+            applied = patch_mod.apply(git.Context(self.sb.tree, git_dir=self.sb.tree / ".git",
+                                                  work_tree=self.sb.tree),
+                                      self.patch_input, index=scratch)
         log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text(f"$ git apply {patch_file}\n{text}")
+        log.write_text(f"$ git apply {given}\n{applied.output}")
         self.report.step_finished("mutator", StepResult(
-            "mutator", proc.returncode, False, time.monotonic() - started, log))
-        if proc.returncode != 0:
-            raise StepCrash("mutator", f"the patch {patch_file} does not apply: "
-                            f"{_apply_failure(text)}", log_tail(log))
+            "mutator", 0 if applied.ok else 1, False, time.monotonic() - started, log))
+        if applied.conflicts:
+            found = [diff_mod.violation("patch_conflict", path, "applies to the current "
+                                        "baseline", "conflict") for path in applied.conflicts]
+            raise Verdict(decide_mod.Decision("discard",
+                                              patch_mod.conflict_reason(applied.conflicts),
+                                              violations=found))
+        if not applied.ok:
+            raise StepCrash("mutator", f"the patch {patch_mod.label(given)} does not apply: "
+                            f"{applied.reason}", log_tail(log))
+        if applied.three_way:
+            self.report.info("the patch was made against an older version of the artifacts; "
+                             "it was applied with a three-way merge")
 
     # -- validation and scoring -------------------------------------------------
 
@@ -578,21 +601,3 @@ class _Iteration:
 
 
 _NESTED_NO_COMMIT = re.compile(r"error: '([^\n]+?)' does not have a commit checked out")
-
-
-def _apply_failure(output: str) -> str:
-    """git apply's complaints, short: ``patch failed: notes.md:3``, not the echoed context."""
-    found: list[str] = []
-    for line in output.splitlines():
-        head, _, message = line.partition(": ")
-        if head not in ("error", "fatal") or message.startswith("while searching for"):
-            continue
-        failed = message.removesuffix(": patch does not apply")
-        if failed != message and any(f.startswith(f"patch failed: {failed}:") for f in found):
-            continue  # says again what "patch failed: path:line" said
-        found.append(message)
-    why = "; ".join(found)[:500]
-    if "No such file or directory" in why or "does not exist in index" in why:
-        why += (" (paths are relative to the repository root, with a/ and b/ prefixes, "
-                "as git diff writes them)")
-    return why or "git apply failed"

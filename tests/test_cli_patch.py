@@ -69,8 +69,7 @@ def test_the_second_hunk_failing_is_the_one_named(repo: Repo, guarded, patch_fil
 
 
 @pytest.mark.parametrize(("text", "why"), [
-    ("", 'No valid patches in input (allow with "--allow-empty")'),
-    ("this is not a diff\n", 'No valid patches in input (allow with "--allow-empty")'),
+    ("this is not a diff\n", "No valid patches in input"),
     (diff("notes.md", 1, [], ["x"], context=["first"], prefix=False),
      "notes.md: No such file or directory (paths are relative to the repository root, "
      "with a/ and b/ prefixes, as git diff writes them)"),
