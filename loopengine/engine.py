@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import re
@@ -142,7 +143,9 @@ class _Iteration:
         self.tail: str | None = None
         self.message: str | None = None
         self.internal_traceback: str | None = None
-        self.extra: dict[str, Any] = {}
+        # On every record: lines of the user's own that a keep commit carried.
+        self.extra: dict[str, Any] = {"uncommitted_lines": 0}
+        self.uncommitted = ""
         self.frozen: dict[str, str] = {}
         self.fingerprint: str | None = None
         self.plan: measure_mod.Plan | None = None
@@ -459,6 +462,8 @@ class _Iteration:
                     self.decision = decide_mod.Decision(
                         "discard", "the main tree's artifacts changed while the iteration ran")
                 return
+            if keep and self.stats.files:
+                self.note_uncommitted()
             self.write_intent(keep)
             if keep and self.stats.files:
                 self.sync()
@@ -477,6 +482,22 @@ class _Iteration:
                                                    has_change=bool(self.stats.files))
         return Baseline(score=new[0], artifacts=sync.digest(state), run_id=self.run_id,
                         fingerprint=self.fingerprint, scores=new[1], metrics=metrics)
+
+    def note_uncommitted(self) -> None:
+        """The keep commit is HEAD plus the kept files, so it also carries the user's
+        uncommitted edits of those files (the candidate was made on top of them): the
+        record and the commit message say so, with the number of lines."""
+        assert self.task is not None and self.repo is not None and self.decision is not None
+        if not (self.task.policy.commit_on_keep and self.repo.is_git):
+            return
+        lines, paths = sync.uncommitted_lines(self.repo, [f.path for f in self.stats.files])
+        self.extra["uncommitted_lines"] = lines
+        if lines:
+            self.uncommitted = (f"{lines} uncommitted line{'s' * (lines != 1)} of yours "
+                                f"({', '.join(paths)})")
+            self.decision = dataclasses.replace(
+                self.decision, reason=f"{self.decision.reason}; the keep commit also "
+                f"carries {self.uncommitted}")
 
     def write_intent(self, keep: bool) -> None:
         """All that recovery needs to finish this keep, written before its first write."""
@@ -524,9 +545,16 @@ class _Iteration:
     def commit_message(self) -> str:
         assert self.task is not None and self.decision is not None
         base = self.baseline.score if self.baseline else None
+        reason = self.decision.reason
+        carried = ""
+        if self.uncommitted:
+            reason = reason.split("; the keep commit also carries ", 1)[0]
+            carried = (f"This commit also carries {self.uncommitted}: they were in the "
+                       "working tree, uncommitted, when the run started, and the candidate "
+                       "was made on top of them.\n\n")
         return (
             f"loopengine({self.task.id}): keep {decide_mod.fmt(self.score)}\n\n"
-            f"{self.decision.reason}\n{self.stats.summary}\n\n"
+            f"{reason}\n{self.stats.summary}\n\n{carried}"
             f"Loopengine-Task: {self.task.id}\n"
             f"Loopengine-Run: {self.run_id}\n"
             f"Loopengine-Score: {decide_mod.fmt(self.score)}\n"

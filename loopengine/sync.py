@@ -8,6 +8,7 @@ working tree is touched, and no hook, signing or identity prompt can run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -102,6 +103,36 @@ def check_paths_inside(root: Path, paths: Iterable[str]) -> None:
             if current.is_symlink():
                 raise SandboxError(f"{rel}: {current.relative_to(root)} is a symbolic link in "
                                    "the main tree; artifacts are never synced through links")
+
+
+def uncommitted_lines(repo: git.RepoInfo, paths: Sequence[str]) -> tuple[int, list[str]]:
+    """Lines of ``paths`` in the main tree that HEAD does not have: the user's own edits,
+    which the keep commit (HEAD plus the kept files) carries along with the candidate's.
+
+    Git counts them (insertions + deletions); the paths that have any, sorted.
+    """
+    if not paths:
+        return 0, []
+    if repo.head is None:  # the root commit holds the files whole
+        counts = {}
+        for rel in paths:
+            with contextlib.suppress(OSError):
+                data = (repo.root / rel).read_bytes()
+                if data:
+                    counts[rel] = data.count(b"\n") + (not data.endswith(b"\n"))
+        return sum(counts.values()), sorted(counts)
+    out = git.run(repo.ctx, "diff", "--numstat", "-z", "--no-renames", "--no-ext-diff",
+                  "--no-textconv", repo.head, "--", *paths).stdout
+    total, found = 0, []
+    for item in out.split(b"\0"):
+        added, _, rest = item.partition(b"\t")
+        deleted, _, name = rest.partition(b"\t")
+        if not name:
+            continue
+        lines = sum(int(n) for n in (added, deleted) if n.isdigit())
+        total += lines
+        found.append(name.decode("utf-8", "surrogateescape"))
+    return total, sorted(found)
 
 
 def make_commit(
