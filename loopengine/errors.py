@@ -23,6 +23,17 @@ class TaskError(LoopError):
 
     crash_kind = "config"
 
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.problems = [message]
+
+    @classmethod
+    def many(cls, problems: list[str]) -> TaskError:
+        """One error for several problems: the message is the first, ``problems`` all."""
+        error = cls(problems[0])
+        error.problems = list(problems)
+        return error
+
 
 class SandboxError(LoopError):
     """The sandbox could not be made, reset or removed."""

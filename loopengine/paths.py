@@ -20,6 +20,9 @@ import stat
 from pathlib import Path
 from typing import Final
 
+# Repository-root folders that hold runtime state; no artifact may live there.
+RESERVED_DIRS: Final = frozenset({".git", "work", ".venv", ".pytest_cache"})
+
 # Files git reads from the working tree: a line appended to one changes what git does.
 GIT_FILES: Final = frozenset({".gitattributes", ".gitignore", ".gitmodules", ".mailmap"})
 

@@ -233,15 +233,11 @@ def test_damaged_baseline_store_is_a_crash_not_a_fresh_start(repo: Repo, guarded
     assert repo.read("tasks/demo/notes.md") == "first\nmore\n"
 
 
-def test_results_path_that_cannot_be_written_falls_back_to_the_default(
+def test_results_path_onto_a_directory_is_a_config_crash(
         repo: Repo, guarded, isolated_env: Path) -> None:
+    (repo.path / "work" / "runs").mkdir(parents=True)
     repo.write_task(default_task(logging__results_path="work/runs"))  # a folder
     repo.commit("task")
-    result = guarded()
-    rec = result.record
-    assert rec["status"] == "keep" and result.code == 0
-    assert repo.results() == [rec]
-    assert stderr_line(result).startswith("loopengine: work/runs: cannot append the record")
+    config_crash(repo, guarded(),
+                 f"{TASK}: logging.results_path: is a directory, got 'work/runs'")
     no_leftovers(repo, isolated_env)
-    # and the next run is not poisoned by it
-    assert check_record(repo, guarded())["status"] == "keep"

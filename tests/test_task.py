@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loopengine.errors import LoopError, TaskError
+from loopengine.schema import TaskFile
 from loopengine.task import (
-    SCHEMA,
     Constraint,
     Parse,
     Policy,
@@ -859,7 +859,7 @@ def test_json_schema_is_a_draft_2020_12_document() -> None:
 def test_json_schema_follows_the_declaration() -> None:
     schema = json_schema()
     assert list(schema["properties"]) == [*SECTIONS, "sandbox", "isolation", "executor"]
-    assert list(schema["properties"]) == [f.key for f in SCHEMA.fields]
+    assert list(schema["properties"]) == list(TaskFile.model_fields)
     assert schema["required"] == SECTIONS
     runner = schema["properties"]["runner"]
     assert runner["required"] == ["command"]
