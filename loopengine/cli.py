@@ -271,6 +271,25 @@ def status(task_id: str | None, as_json: bool, repo: str | None) -> None:
     status_command(repo_root(repo), task_id, as_json)
 
 
+@main.command()
+@click.option("--task", "task_id", metavar="ID", help="Only this task id.")
+@click.option("--out", type=click.Path(dir_okay=False, writable=True, path_type=Path),
+              help="Where to write the page (default: work/report.html in the repository).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the path and each task's figures as one JSON object.")
+@REPO_OPTION
+def report(task_id: str | None, out: Path | None, as_json: bool, repo: str | None) -> None:
+    """Write a self-contained HTML report of the campaigns.
+
+    Per task: the score of each run (keeps, discards, crashes by kind), the best so far,
+    the confidence intervals, where the evaluation changed; start and best score, counts,
+    wall time, and the table of keeps.  One file; it needs no network to be read.
+    """
+    from loopengine.commands.report import report as report_command
+
+    report_command(repo_root(repo), task_id, out, as_json)
+
+
 # --- cluster and isolation helpers (issues 11, 13) -------------------------------------
 # (commands of this section go here)
 
