@@ -29,7 +29,9 @@ from typing import Any
 import click
 
 from loopengine import decide, fingerprint, git, measure, sandbox, stats
-from loopengine.engine import Options, _Iteration
+from loopengine.engine import cleanup
+from loopengine.iteration.common import Ledger, Steps
+from loopengine.iteration.prepare import check_repo_state
 from loopengine.progress import Reporter
 from loopengine.signals import SignalGuard
 from loopengine.task import Task, load_task
@@ -40,16 +42,15 @@ MAX_REPEATS = 100
 
 @contextlib.contextmanager
 def session(root: Path, task_path: str | None, *, at: str | None = None,
-            reporter: Reporter | None = None) -> Iterator[_Iteration]:
+            reporter: Reporter | None = None) -> Iterator[Ledger]:
     """An iteration's set-up without a mutator: a fresh sandbox, removed whatever happens.
 
     The sandbox holds the main tree as ``run`` would see it, or commit ``at`` (then the
-    caller loads the task from the sandbox).  The iteration's own ``run`` runs the steps,
-    with its budget, environment, logs and checks; a killed session is cleaned up by the
-    next run like a killed iteration.
+    caller loads the task from the sandbox).  :func:`steps` runs the steps, with the
+    iteration's budget, environment, logs and checks; a killed session is cleaned up by
+    the next run like a killed iteration.
     """
-    it = _Iteration(Options(task_path=task_path or "", repo_root=root,
-                            reporter=reporter or Reporter()))
+    it = Ledger(root, reporter or Reporter())
     with SignalGuard() as guard:
         it.guard = guard
         it.alive.claim()
@@ -59,7 +60,7 @@ def session(root: Path, task_path: str | None, *, at: str | None = None,
             if at is None:
                 it.task = load_task(task_path or "", root)
                 it.repo = repo
-                overlay = it.check_repo_state()
+                overlay = check_repo_state(it)
             else:
                 it.repo = dataclasses.replace(repo, head=at, head_tree=None)
             it.sb = sandbox.create(it.repo, it.run_id, overlay)
@@ -67,8 +68,16 @@ def session(root: Path, task_path: str | None, *, at: str | None = None,
             yield it
         finally:
             with guard.deferred():
-                it.cleanup()
+                cleanup(it, keep_sandbox=False)
                 it.alive.release()
+
+
+def steps(it: Ledger, task: Task, deadline: float) -> Steps:
+    """The step runner of a session, for ``task`` with this deadline."""
+    assert it.sb is not None
+    it.steps = Steps(task, it.sb, it.run_id, it.run_dir, deadline=deadline, report=it.report,
+                     repo=it.repo, guard=it.guard)
+    return it.steps
 
 
 # ---------------------------------------------------------------------------
@@ -81,9 +90,9 @@ def calibrate(root: Path, task_path: str, repeats: int, effect: float | None, as
         assert it.task is not None and it.sb is not None
         task = it.task
         # budget.max_seconds is one iteration's: calibrate gets it for every run.
-        it.deadline = time.monotonic() + task.max_seconds * repeats
+        runner = steps(it, task, time.monotonic() + task.max_seconds * repeats)
         fp = fingerprint.compute(task, it.sb.ctx, it.sb.start_tree)
-        evaluate = measure.Evaluator(task, it.sb, [], it.run, it.parse_score,
+        evaluate = measure.Evaluator(task, it.sb, [], runner.run, runner.parse_score,
                                      log_dir=it.run_dir, phase=reporter.phase)
         scores = [evaluate(measure.BASELINE).score for _ in range(repeats)]
     result = advise(task, scores, effect)

@@ -23,7 +23,7 @@ import yaml
 
 from loopengine import diff, fingerprint, git, measure, stats
 from loopengine.commands import CommandError
-from loopengine.commands.calibrate import session
+from loopengine.commands.calibrate import session, steps
 from loopengine.commands.history import FORMAT, Keep, _parse
 from loopengine.decide import Look, check_constraints, fmt
 from loopengine.progress import Reporter
@@ -47,7 +47,7 @@ def verify(root: Path, rev: str, task_path: str | None, reporter: Reporter) -> i
         assert it.sb is not None
         task = load_task(it.sb.tree / rel, it.sb.tree)
         it.task = task
-        it.deadline = time.monotonic() + task.max_seconds
+        runner = steps(it, task, time.monotonic() + task.max_seconds)
         start = git.out(repo.ctx, "rev-parse", f"{parent}^{{tree}}")
         changes = diff.read_diff(it.sb.ctx, start, it.sb.start_tree).files
         strays = [f.path for f in changes if not match_artifact(task, f.path)]
@@ -55,11 +55,11 @@ def verify(root: Path, rev: str, task_path: str | None, reporter: Reporter) -> i
             raise CommandError(f"{rev} changes files that are not artifacts of task "
                                f"{task.id}: {', '.join(strays[:5])}")
         fp = fingerprint.compute(task, it.sb.ctx, it.sb.start_tree)
-        evaluate = measure.Evaluator(task, it.sb, changes, it.run, it.parse_score,
+        evaluate = measure.Evaluator(task, it.sb, changes, runner.run, runner.parse_score,
                                      log_dir=it.run_dir, phase=reporter.phase)
         m = measure.Measurement()
         measure.measure(task, evaluate, measure.Plan("remeasured"), m, has_change=True,
-                        time_left=lambda: it.deadline - time.monotonic())
+                        time_left=lambda: runner.deadline - time.monotonic())
     click.echo(report(keep, task, m, fp, recorded))
     broken = m.stop or check_constraints(task.constraints, m.metrics)
     if broken is not None:
