@@ -83,7 +83,7 @@ def read_diff(ctx: git.Context, start_tree: str, cand_tree: str) -> DiffStats:
     if start_tree == cand_tree:
         return EMPTY
     raw = git.run(
-        ctx, "diff-tree", "-r", "-z", "--no-renames", "--raw", "--abbrev=40",
+        ctx, "diff-tree", "-r", "-z", "--no-renames", "--raw", "--no-abbrev",
         "--ignore-submodules=none", start_tree, cand_tree,
     ).stdout
     entries = _parse_raw(raw)

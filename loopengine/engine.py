@@ -166,6 +166,10 @@ def finish(run: Ledger) -> Record:
     warning = save_record(run.root, results_path, record)
     if warning:
         run.message = f"{run.message}; {warning}" if run.message else warning
-    run.alive.release()
+    if run.unfinished:
+        note = f"{run.unfinished}; the next run finishes it"
+        run.message = f"{run.message}; {note}" if run.message else note
+    else:
+        run.alive.release()  # unfinished: it stays, so the next run finishes the keep
     run.report.finished(record)
     return record

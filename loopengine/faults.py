@@ -18,10 +18,20 @@ POINTS = (
     "after_sandbox",
     "after_mutator",
     "after_validation",
-    "before_ref_update",
-    "after_ref_update",
+    # The keep transaction: between each two of its writes.
+    "after_temp",  # a kept file written beside its target
+    "after_index_lock",  # the user's index.lock taken
+    "after_new_index",  # the new index built beside it
+    "before_ref_update",  # the journal names the commit; the branch has not moved
+    "after_ref_update",  # the commit point
+    "after_file",  # a kept file renamed over its target
+    "after_index",  # the new index renamed over the index
     "after_sync",
+    "after_baseline",
     "before_record",
+    # Recovery of a killed run, itself killed (the run after it must finish the job).
+    "recovery_after_files",
+    "recovery_before_record",
 )
 
 

@@ -10,16 +10,18 @@ no ``cat-file`` process alive between calls.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from loopengine.errors import GitError
 
 GIT_TIMEOUT = 600.0
-NULL_SHA = "0" * 40
+NULL_SHA = "0" * 40  # a SHA-1 repository's; see null_sha for the repository's own
 
 # Applied to every call, whatever the user's configuration says.
 HARDENED_CONFIG = (
@@ -173,6 +175,18 @@ def run(
     return proc
 
 
+def run_to(ctx: Context, fh: IO[bytes], *args: str,
+           timeout: float = GIT_TIMEOUT) -> subprocess.CompletedProcess[bytes]:
+    """Run git with its stdout streamed into ``fh`` (a blob of any size never passes
+    through this process's memory); stderr is captured."""
+    try:
+        return subprocess.run(command(ctx, args), cwd=ctx.cwd, stdin=subprocess.DEVNULL,
+                              stdout=fh, stderr=subprocess.PIPE, env=_env(ctx.index_file, None),
+                              timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise GitError(f"git {' '.join(args)}: timed out after {timeout:.0f}s") from exc
+
+
 def out(ctx: Context, *args: str, input: bytes | None = None) -> str:
     """stdout of a successful call, decoded, with the final newline removed."""
     return run(ctx, *args, input=input).stdout.decode("utf-8", "surrogateescape").rstrip("\n")
@@ -300,3 +314,47 @@ def identity(ctx: Context) -> dict[str, str]:
         "GIT_COMMITTER_NAME": name,
         "GIT_COMMITTER_EMAIL": email,
     }
+
+
+# ---------------------------------------------------------------------------
+# Object names: SHA-1 or SHA-256, whatever the repository uses
+
+
+def null_sha(repo: RepoInfo) -> str:
+    """The all-zero object name of the repository's hash (40 or 64 digits)."""
+    if repo.head:
+        return "0" * len(repo.head)
+    if not repo.is_git:
+        return NULL_SHA
+    fmt = run(repo.ctx, "rev-parse", "--show-object-format", check=False).stdout.strip()
+    return "0" * (64 if fmt == b"sha256" else 40)
+
+
+def blob_id(path: Path, digits: int = 40) -> str:
+    """The object name ``git hash-object --no-filters`` gives the file, read in chunks."""
+    h = hashlib.sha256() if digits == 64 else hashlib.sha1()
+    size = path.stat().st_size
+    h.update(f"blob {size}\0".encode())
+    with open(path, "rb", buffering=0) as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+_CONVERSIONS = ("filter", "eol", "text", "ident", "working-tree-encoding", "crlf")
+
+
+def attributes(ctx: Context, path: str) -> dict[str, str]:
+    """The attributes of ``path`` that change bytes between the index and the tree."""
+    proc = run(ctx, "check-attr", "-z", *_CONVERSIONS, "--", path, check=False)
+    parts = proc.stdout.split(b"\0")
+    found = {}
+    for i in range(0, len(parts) - 2, 3):
+        name = parts[i + 1].decode("utf-8", "replace")
+        value = parts[i + 2].decode("utf-8", "replace")
+        if value != "unspecified":
+            found[name] = value
+    auto = run(ctx, "config", "--get", "core.autocrlf", check=False).stdout.strip()
+    if auto and auto != b"false" and "text" not in found:
+        found["core.autocrlf"] = auto.decode("utf-8", "replace")
+    return found

@@ -1,21 +1,23 @@
 """The keep's journal, ``work/runs/<run_id>/journal.jsonl``, and finishing a keep from it.
 
-A keep changes what the user sees in three places -- the branch, the artifact files with
-their index entries, the baseline store -- and then writes the record.  Before the first
-of them the engine writes down all that is needed to finish the keep without the sandbox
+A keep is one transaction (``sync.py``): everything that can fail is prepared first (the
+kept files written beside their targets, the user's index locked and the new index built
+beside it), then the commit point, then renames that cannot fail.  Before the first
+write the engine writes down all that is needed to finish the keep without the sandbox
 (``intent``), and a line after each step.  A run killed with SIGKILL anywhere in between
 is finished by the next run (:func:`complete`, called by recovery):
 
-- before the commit point nothing has reached the user: recovery only removes leftovers
+- before the commit point nothing has reached the user: recovery removes what was
+  prepared (the files beside the targets, the new index, the index lock this run holds)
   and appends a ``crash`` record;
-- after it the keep is rolled forward: artifact files whose content is still the
-  pre-keep one get the kept blobs, index entries still as they were get the kept blobs,
-  the baseline is stored if no other keep stored one since, and the journaled ``keep``
-  record is appended.
+- after it the keep is rolled forward: prepared files go where the tree still holds the
+  pre-keep content, the new index replaces the index, the baseline is stored if no other
+  keep stored one since, and the journaled ``keep`` record is appended.
 
 The commit point is the branch update (``update-ref``) when the keep makes a commit, and
-the ``intent`` line itself when it does not (``commit_on_keep: false``, no git, nothing
-changed): there is then no single write that decides, and the intent is complete.
+the ``prepared`` line when it does not (``commit_on_keep: false``, no git).  Every step of
+the roll-forward looks at what is on disk, so a recovery that is itself killed is simply
+run again by the next run.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from loopengine import git, sync
+from loopengine import faults, git, sync
 from loopengine.diff import FileChange
 from loopengine.results import Baseline, Record, load_baseline, locked, store_baseline
 
@@ -111,22 +113,12 @@ def complete(root: Path, folder: Path, recovered_by: str) -> Record | None:
     intent = next((x for x in lines if x.get("step") == "intent"), None)
     if intent is None:
         return None
-    steps = {x.get("step") for x in lines}
-    repo = git.repo_info(root)
-    commit = _committed(repo, intent, lines)
-    if commit is False:
+    finished = finish(root, folder, lines)
+    if finished is None:
         return None
-    notes = []
-    with locked(root):
-        if "synced" not in steps:
-            notes += _roll_files_forward(root, repo, intent)
-        if "baseline" not in steps:
-            stored = load_baseline(root, str(intent["record"]["task_id"]))
-            if (stored.to_dict() if stored else None) == intent["stored"]:
-                store_baseline(root, str(intent["record"]["task_id"]),
-                               _baseline(intent["baseline"]))
+    commit, notes = finished
     data = dict(intent["record"])
-    data["commit"] = commit or None
+    data["commit"] = commit
     note = f"the engine was killed after the keep was committed; run {recovered_by} finished it"
     if notes:
         note += f"; {', '.join(notes)} changed meanwhile and kept their content"
@@ -134,14 +126,49 @@ def complete(root: Path, folder: Path, recovered_by: str) -> Record | None:
     return _record(data)
 
 
+def finish(root: Path, folder: Path, lines: list[dict[str, Any]] | None = None
+           ) -> tuple[str | None, list[str]] | None:
+    """Roll a journaled keep forward past its commit point, or clean up what it prepared
+    before it.  ``(commit, paths the user changed meanwhile)``, or None when the keep never
+    reached its commit point.  Idempotent: a recovery killed half-way is run again."""
+    lines = read(folder) if lines is None else lines
+    intent = next((x for x in lines if x.get("step") == "intent"), None)
+    if intent is None:
+        return None
+    steps = {x.get("step") for x in lines}
+    repo = git.repo_info(root)
+    changes = [FileChange(**f) for f in intent["changes"]]
+    run_id = str(intent["record"]["run_id"])
+    staged = sync.staged_for(root, repo, run_id, changes, index=bool(intent.get("commits")))
+    commit = _committed(repo, intent, lines)
+    if commit is False:
+        staged.abandon()
+        return None
+    notes: list[str] = []
+    with locked(root):
+        if "synced" not in steps:
+            notes = _roll_files_forward(intent, staged)
+            faults.point("recovery_after_files")
+        if "baseline" not in steps:
+            stored = load_baseline(root, str(intent["record"]["task_id"]))
+            if (stored.to_dict() if stored else None) == intent["stored"]:
+                store_baseline(root, str(intent["record"]["task_id"]),
+                               _baseline(intent["baseline"]))
+        Journal(folder).write("baseline", by="recovery")
+    return (commit or None), notes
+
+
 def _committed(repo: git.RepoInfo, intent: dict[str, Any], lines: list[dict[str, Any]]
                ) -> str | bool | None:
     """The keep commit (None: the keep makes none) once past the commit point; else False."""
+    steps = {x.get("step") for x in lines}
     updated = [x for x in lines if x.get("step") == "ref_updated"]
     if updated:
         return updated[-1].get("commit")
     if not intent.get("commits"):
-        return None
+        # No commit: the ``prepared`` line is the commit point (an intent of a keep with
+        # nothing to write, or a discard storing a baseline, has nothing to prepare).
+        return None if ("prepared" in steps or not intent["changes"]) else False
     prepared = [x for x in lines if x.get("step") == "commit"]
     if not prepared or not repo.is_git:
         return False
@@ -151,33 +178,10 @@ def _committed(repo: git.RepoInfo, intent: dict[str, Any], lines: list[dict[str,
     return commit if proc.returncode == 0 else False
 
 
-def _roll_files_forward(root: Path, repo: git.RepoInfo, intent: dict[str, Any]) -> list[str]:
-    """Write the kept blobs where the tree still holds the pre-keep content; the paths the
-    user changed meanwhile (left alone)."""
-    changes = [FileChange(**f) for f in intent["changes"]]
-    start, frozen = intent["start"], intent["frozen"]
-    todo, done, theirs = [], [], []
-    for f in changes:
-        now = sync.path_state(root, f.path)
-        if now == frozen.get(f.path):
-            done.append(f)
-        elif now == start.get(f.path):
-            todo.append(f)
-        else:
-            theirs.append(f.path)
-    if todo:
-        sync.check_paths_inside(root, [f.path for f in todo])
-        objects = intent.get("objects")
-        source = git.Context(root, git_dir=Path(objects)) if objects else repo.ctx
-        sync.write_files(root, source, todo)
-    if intent.get("commits") and repo.is_git:
-        # An index entry still as it was before the keep follows the commit, as in the keep
-        # itself, even where the user edited the file since: that edit stays unstaged.
-        current = index_entries(repo, [f.path for f in changes])
-        ours = [f for f in changes if current[f.path] == intent["index"].get(f.path)]
-        if ours:
-            sync.update_user_index(repo, ours)
-    return theirs
+def _roll_files_forward(intent: dict[str, Any], staged: sync.Staged) -> list[str]:
+    """Put the prepared files and index in place where the tree still holds the pre-keep
+    content; the paths the user changed meanwhile (left alone)."""
+    return staged.apply(dict(intent["start"]), dict(intent["frozen"]))
 
 
 def _baseline(data: dict[str, Any]) -> Baseline:

@@ -197,7 +197,7 @@ def _reverse(f: FileChange) -> FileChange:
     """The change that puts the start blob back."""
     if f.status == "A":
         return replace(f, status="D", old_mode=f.new_mode, new_mode="000000",
-                       old_sha=f.new_sha, new_sha=git.NULL_SHA)
+                       old_sha=f.new_sha, new_sha="0" * len(f.new_sha))
     return replace(f, status="A" if f.status == "D" else f.status, old_mode=f.new_mode,
                    new_mode=f.old_mode, old_sha=f.new_sha, new_sha=f.old_sha)
 

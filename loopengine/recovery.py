@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from loopengine import journal
+from loopengine import faults, journal
 from loopengine.errors import LoopError
 from loopengine.process import kill_tagged
 from loopengine.results import (
@@ -138,6 +138,9 @@ def _settle_record(root: Path, run_id: str, own_run_id: str) -> None:
     meta = _read_json(folder / "meta.json") or {}
     results_path = str(meta.get("results_path") or DEFAULT_RESULTS)
     saved = _read_json(folder / "record.json")
+    if saved is not None and saved.get("status") == "keep":
+        # A keep recorded but not finished (its files could not be written): finish it.
+        journal.finish(root, folder)
     if saved is not None:
         # Killed between record.json and the results line: append the line it lacks
         # (where save_record would have put it: the default file if the task's is unusable).
@@ -160,6 +163,7 @@ def _settle_record(root: Path, run_id: str, own_run_id: str) -> None:
                                      f"work/runs/{run_id}/journal.jsonl")
     if record is None:
         record = _lost_record(run_id, meta, own_run_id)
+    faults.point("recovery_before_record")
     save_record(root, results_path, record)
 
 

@@ -233,7 +233,7 @@ class Tripwire:
                 ok = self._write_loose(name, old)
             elif new is None:
                 what = f"{name} deleted"
-                ok = self._set_ref(name, old, git.NULL_SHA)
+                ok = self._set_ref(name, old, "0" * len(old[0]))
             else:
                 what = f"{name} moved from {old[0][:12]} to {new[0][:12]}"
                 if old[1] != new[1]:

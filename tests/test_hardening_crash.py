@@ -23,7 +23,19 @@ from loopengine.results import Record
 
 NOTES = "tasks/demo/notes.md"
 # After these the branch holds the keep: rolled forward.  Before them: rolled back.
-COMMITTED = {"after_ref_update", "after_sync", "before_record"}
+COMMITTED = {"after_ref_update", "after_file", "after_index", "after_sync", "after_baseline",
+             "before_record"}
+KEEP_POINTS = [p for p in faults.POINTS if not p.startswith("recovery_")]
+
+
+def no_keep_leftovers(repo: Repo) -> None:
+    """Nothing the keep prepared is left: no file beside an artifact, no index lock, no
+    index of the engine's."""
+    git_dir = repo.path / ".git"
+    assert not (git_dir / "index.lock").exists()
+    assert [p.name for p in git_dir.iterdir() if p.name.startswith("loopengine-")] == []
+    notes = (repo.path / NOTES).parent
+    assert [p.name for p in notes.iterdir() if ".loopengine-" in p.name] == []
 
 
 def killed_at(repo: Repo, point: str) -> None:
@@ -49,7 +61,7 @@ def baseline(repo: Repo) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-@pytest.mark.parametrize("point", faults.POINTS)
+@pytest.mark.parametrize("point", KEEP_POINTS)
 def test_killed_at_each_point_then_recovered(repo: Repo, isolated_env: Path,
                                              point: str) -> None:
     before = snapshot(repo, isolated_env)
@@ -57,6 +69,7 @@ def test_killed_at_each_point_then_recovered(repo: Repo, isolated_env: Path,
     killed_at(repo, point)
     rec, nxt = recover(repo)
     assert_guarantees(repo, before, isolated_env, rec)
+    no_keep_leftovers(repo)
     if point in COMMITTED:
         assert rec["status"] == "keep", rec
         assert rec["commit"] == repo.git("rev-parse", "HEAD").strip() != head

@@ -249,9 +249,11 @@ class Ledger:
         self.candidate: Candidate | None = None
         self.journal = journal.Journal(self.run_dir)
         self.alive = recovery.Alive(root, self.run_id)
+        self.committed = False  # past the keep's commit point: the record says keep
+        self.unfinished: str | None = None  # a keep past its commit point, not finished
 
     def crash(self, kind: str, reason: str, tail: str | None = None) -> None:
-        if self.commit is not None:
+        if self.commit is not None or self.committed:
             return  # the keep is committed: that is the truth, whatever came after
         self.decision = decide_mod.Decision("crash", reason, crash_kind=kind)
         self.tail = tail

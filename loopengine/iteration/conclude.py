@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 from loopengine import decide as decide_mod
-from loopengine import faults, journal, stats, sync
+from loopengine import faults, journal, sandbox, stats, sync
 from loopengine import measure as measure_mod
 from loopengine.iteration.common import Candidate, Evaluation, Ledger, StepCrash
 from loopengine.results import Baseline, load_baseline, locked, store_baseline
@@ -72,8 +72,14 @@ def conclude(run: Ledger, cand: Candidate, ev: Evaluation) -> None:
         write_intent(run, cand, ev, keep)
         if keep and cand.has_change:
             sync_keep(run, cand)
-        store_baseline(run.root, cand.task.id, new)
+        try:
+            store_baseline(run.root, cand.task.id, new)
+        except OSError as exc:
+            if run.committed:
+                run.unfinished = f"the baseline could not be stored ({exc})"
+            raise
         run.journal.write("baseline")
+        faults.point("after_baseline")
 
 
 def next_baseline(run: Ledger, cand: Candidate, ev: Evaluation, keep: bool) -> Baseline | None:
@@ -127,25 +133,44 @@ def write_intent(run: Ledger, cand: Candidate, ev: Evaluation, keep: bool) -> No
 
 
 def sync_keep(run: Ledger, cand: Candidate) -> None:
+    """The keep transaction (sync.py): prepare, the commit point, apply."""
     assert run.repo is not None
     run.report.phase("sync")
     changes = list(cand.stats.files)
-    sync.check_paths_inside(run.root, [f.path for f in changes])
-    commit_on_keep = cand.task.policy.commit_on_keep and run.repo.is_git
-    if commit_on_keep:
-        def before_ref_update(commit: str, ref: str) -> None:
-            run.journal.write("commit", commit=commit, ref=ref)
-            faults.point("before_ref_update")
+    commits = cand.task.policy.commit_on_keep and run.repo.is_git
+    staged = sync.staged_for(run.root, run.repo, run.run_id, changes, index=commits)
+    sync.prepare(staged, run.repo, cand.sandbox.tree, cand.sandbox.ctx, cand.frozen)
+    try:
+        if commits:
+            def before_ref_update(commit: str, ref: str) -> None:
+                run.journal.write("commit", commit=commit, ref=ref)
+                faults.point("before_ref_update")
 
-        made = sync.make_commit(run.repo, changes, commit_message(run, cand),
-                                before_update=before_ref_update)
-        if made is not None:
-            run.commit = made[0]
-        run.journal.write("ref_updated", commit=run.commit)  # the commit point
-        faults.point("after_ref_update")
-    sync.write_files(run.root, cand.sandbox.ctx, changes)
-    if commit_on_keep and run.commit is not None:
-        sync.update_user_index(run.repo, changes)
+            sandbox.promote(cand.sandbox, run.repo,
+                            [f.new_sha for f in changes if f.status != "D"])
+            made = sync.make_commit(run.repo, changes, commit_message(run, cand),
+                                    cand.sandbox.base, before_update=before_ref_update)
+            if made is not None:
+                run.commit = made[0]
+            run.journal.write("ref_updated", commit=run.commit)  # the commit point
+        else:
+            run.journal.write("prepared")  # the commit point of a keep with no commit
+        run.committed = True
+    except BaseException:
+        if run.commit is None:
+            staged.abandon()
+        else:  # the branch moved: past the commit point, whatever failed after it
+            run.committed = True
+            run.unfinished = "the keep is committed but its journal could not be written"
+        raise
+    faults.point("after_ref_update")
+    try:
+        staged.apply(cand.start_state, cand.frozen)
+    except OSError as exc:
+        # Past the commit point the keep is the truth: the next run finishes it from the
+        # journal (this run's marker stays, so its recovery finds it).
+        run.unfinished = f"the keep is committed but could not be written out ({exc})"
+        raise
     run.journal.write("synced")
     faults.point("after_sync")
 
