@@ -8,6 +8,7 @@ no ``finally``, no cleanup, no record.  The next run must recover.  Without the 
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 
@@ -40,6 +41,17 @@ def point(name: str) -> None:
     assert name in POINTS, name
     if os.environ.get(FAULT_VAR) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+ERROR_VAR = "LOOPENGINE_TEST_ERROR"
+ERRORS = ("keep_write",)
+
+
+def error(name: str) -> None:
+    """Fail here with ENOSPC (a full disk), if the test asked for it."""
+    assert name in ERRORS, name
+    if os.environ.get(ERROR_VAR) == name:
+        raise OSError(errno.ENOSPC, "No space left on device (LOOPENGINE_TEST_ERROR)")
 
 
 SIGNAL_VAR = "LOOPENGINE_TEST_STARTUP_SIGNAL"

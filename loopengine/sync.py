@@ -263,6 +263,7 @@ def _stage_file(staged: Staged, repo: git.RepoInfo, f: FileChange, source: Path,
         target.parent.mkdir(parents=True, exist_ok=True)
         with _exclusive(tmp) as fh:
             got = _copy_scored_bytes(source / f.path, fh)
+            faults.error("keep_write")
             if want is None or got != want:
                 # The sandbox no longer holds the scored bytes: the blob, as git would
                 # check it out (filters, eol), must be them.
@@ -282,7 +283,7 @@ def _stage_file(staged: Staged, repo: git.RepoInfo, f: FileChange, source: Path,
         raise KeepError(f"{f.path}: the bytes to keep are not the bytes that were scored; "
                         "nothing was changed")
     if repo.is_git:
-        _check_conversion(repo, f, tmp)
+        _check_conversion(repo, source_ctx, f, tmp)
 
 
 @contextlib.contextmanager
@@ -325,7 +326,8 @@ def _blob_to_file(ctx: git.Context, rel: str, sha: str, fh: BinaryIO) -> str:
     return h.hexdigest()
 
 
-def _check_conversion(repo: git.RepoInfo, f: FileChange, tmp: Path) -> None:
+def _check_conversion(repo: git.RepoInfo, source_ctx: git.Context, f: FileChange,
+                      tmp: Path) -> None:
     """The kept bytes must be what the keep commit's blob is in the user's repository:
     ``git add`` of them gives the blob back, so that ``git status`` is clean after the keep.
     A filter, ``eol``, ``ident`` or ``working-tree-encoding`` that breaks this is named."""
@@ -334,7 +336,8 @@ def _check_conversion(repo: git.RepoInfo, f: FileChange, tmp: Path) -> None:
     proc = git.run(repo.ctx, "hash-object", f"--path={f.path}", "--", str(tmp), check=False)
     if proc.returncode == 0 and proc.stdout.decode().strip() == f.new_sha:
         return
-    attrs = git.attributes(repo.ctx, f.path)
+    # Named as the candidate has them (its .gitattributes made the blob), else the user's.
+    attrs = git.attributes(source_ctx, f.path) or git.attributes(repo.ctx, f.path)
     named = ", ".join(f"{k}={v}" for k, v in attrs.items()) or "core.autocrlf or a filter"
     tmp.unlink()
     raise KeepError(f"{f.path}: the scored bytes would not be kept as scored: the "
