@@ -33,6 +33,7 @@ from loopengine.errors import GitError, SandboxError
 from loopengine.results import locked
 
 RUNTIME_DIRS = ("work", ".venv", ".pytest_cache")
+VENV = ".venv"
 EXCLUDES = tuple(f":(exclude,top){name}" for name in RUNTIME_DIRS)
 PREFIX = "loopengine-"
 ROOT_ENV = "LOOPENGINE_SANDBOX_ROOT"
@@ -199,6 +200,7 @@ def finish_tree(
     paths = _lay_overlay(repo.root, tree, [p for p in overlay if not _is_runtime(p)])
     _private_git(tree, repo.common_dir, head=repo.head, index=checked_out)
     (tree / "work").mkdir(exist_ok=True)
+    link_venv(tree, project_venv(repo.root))
     staged = ctx.with_index(start_index)
     if paths:
         data = "\0".join(paths).encode("utf-8", "surrogateescape") + b"\0"
@@ -232,6 +234,7 @@ def _create_copy(repo: git.RepoInfo, base: Path) -> Sandbox:
         git.run(git.Context(base), "init", "--bare", "--quiet", str(scratch))
         ctx = git.Context(tree, git_dir=scratch, work_tree=tree)
     (tree / "work").mkdir(exist_ok=True)
+    link_venv(tree, project_venv(repo.root))
     start_index = base / "start.index"
     start_tree = _write_tree(ctx.with_index(start_index))
     return Sandbox("copy", base, tree, ctx, None, start_index, start_tree, None)
@@ -307,17 +310,86 @@ def _write_tree(ctx: git.Context) -> str:
     return git.out(ctx, "write-tree")
 
 
-def clear_runtime(tree: Path) -> None:
-    """Put ``work/`` (empty), ``.venv/`` and ``.pytest_cache/`` (absent) back as a fresh
-    sandbox has them.  They are never validated, so what the mutator left there must not
-    reach the runner or the scorer."""
+def project_venv(root: Path) -> Path | None:
+    """The real path of the project's ``.venv`` folder, if it has one."""
+    venv = root / VENV
+    if not venv.is_dir():
+        return None
+    return Path(os.path.realpath(venv))
+
+
+def link_venv(tree: Path, venv: Path | None) -> None:
+    """Give the sandbox the project's environment as it is: ``.venv`` a symbolic link to
+    the main tree's.  Never copied (slow, and a copied venv's scripts still name the
+    original), never validated (it is not the candidate); under bwrap it is read-only."""
+    if venv is not None:
+        os.symlink(venv, tree / VENV, target_is_directory=True)
+
+
+def editable_paths(venv: Path, root: Path, tree: Path) -> list[str]:
+    """The sandbox's counterparts of the main tree's folders that the project's
+    environment imports from (editable installs: path lines of ``site-packages/*.pth``).
+
+    Put first on ``PYTHONPATH``, they make ``import yourpackage`` in a step load the
+    candidate's code, not the main tree's (which bwrap hides anyway).
+    """
+    found: list[str] = []
+    real_root = Path(os.path.realpath(root))
+    for pth in sorted(venv.glob("lib/python*/site-packages/*.pth")):
+        try:
+            lines = pth.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            line = line.strip()
+            if not line or line.startswith(("#", "import ", "import\t")):
+                continue
+            path = Path(os.path.realpath(line))
+            if not path.is_absolute() or not path.is_relative_to(real_root):
+                continue
+            mapped = tree / path.relative_to(real_root)
+            if mapped.is_dir() and str(mapped) not in found:
+                found.append(str(mapped))
+    return found
+
+
+def has_venv_link(tree: Path, venv: Path | None) -> bool:
+    link = tree / VENV
+    return venv is not None and link.is_symlink() and os.readlink(link) == str(venv)
+
+
+def venv_env(tree: Path, root: Path | None) -> dict[str, str]:
+    """More environment for a step in ``tree`` when the project's .venv is linked in:
+    `uv run` uses it as it is (a sync would rebuild it, or rewrite the user's environment
+    through the link), and the project's own editable packages import from the sandbox,
+    not from the main tree ``root``."""
+    link = tree / VENV
+    if not link.is_symlink():
+        return {}
+    env = {"UV_NO_SYNC": "1"}
+    paths = editable_paths(Path(os.readlink(link)), root, tree) if root is not None else []
+    if paths:
+        inherited = os.environ.get("PYTHONPATH")
+        env["PYTHONPATH"] = os.pathsep.join([*paths, *([inherited] if inherited else [])])
+    return env
+
+
+def clear_runtime(tree: Path, venv: Path | None = None) -> None:
+    """Put ``work/`` (empty), ``.pytest_cache/`` (absent) and ``.venv`` (the link to the
+    project's environment ``venv``, or absent) back as a fresh sandbox has them.  They are
+    never validated, so what the mutator left there must not reach the runner or the
+    scorer."""
     for name in RUNTIME_DIRS:
         path = tree / name
+        if name == VENV and has_venv_link(tree, venv):
+            continue  # our own link: what it points to is the project's, not the mutator's
         if path.is_dir() and not path.is_symlink():
             _rmtree(path)
         elif os.path.lexists(path):
             path.unlink()
     (tree / "work").mkdir()
+    if not os.path.lexists(tree / VENV):
+        link_venv(tree, venv)
 
 
 def snapshot(sb: Sandbox, name: str) -> str:

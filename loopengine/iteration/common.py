@@ -144,6 +144,7 @@ class Steps:
             "LOOPENGINE_RUN_ID": self.run_id,
             # Marks the reflog entries of what a step does to the main repository.
             "GIT_REFLOG_ACTION": tripwire.marker(self.run_id),
+            **sandbox.venv_env(self.sb.tree, self.repo.root if self.repo else None),
             **self.env,
         })
         self.report.step_started(name)

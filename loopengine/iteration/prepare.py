@@ -172,7 +172,7 @@ def validate(run: Ledger) -> str:
     run.report.phase("validate")
     # What the mutator left in work/, .venv/ or .pytest_cache/ is not validated, so the
     # runner and scorer must not see it (a planted .venv/bin/python could fake a score).
-    sandbox.clear_runtime(run.sb.tree)
+    sandbox.clear_runtime(run.sb.tree, sandbox.project_venv(run.root))
     try:
         cand_tree = sandbox.snapshot(run.sb, "candidate")
     except SandboxError as exc:
