@@ -16,8 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loopengine import decide as decide_mod
 from loopengine import faults, sandbox
 from loopengine import measure as measure_mod
+from loopengine.campaign import refs
 from loopengine.errors import Interrupted, LoopError
 from loopengine.iteration import conclude as conclude_mod
 from loopengine.iteration.common import (
@@ -70,7 +72,10 @@ def guarded(run: Ledger, stages: Callable[[], None], *, keep_sandbox: bool = Fal
                 raise
         finally:
             with guard.deferred():
-                cleanup(run, keep_sandbox)
+                try:
+                    save_ref(run)
+                finally:
+                    cleanup(run, keep_sandbox)
         with guard.deferred():
             record = finish(run)
         signum = guard.received
@@ -139,6 +144,29 @@ def decide_and_keep(run: Ledger, cand: Candidate, ev: Evaluation) -> None:
 
 
 # -- the end ----------------------------------------------------------------------
+
+
+def save_ref(run: Ledger) -> None:
+    """Save the candidate under refs/loopengine/ (section 11), whatever its status."""
+    repo, sb, task = run.repo, run.sb, run.task
+    if not run.validated or repo is None or sb is None or task is None or sb.head is None:
+        return
+    if not repo.is_git:
+        return
+    decision = run.decision or decide_mod.Decision("crash", "no decision was reached",
+                                                    crash_kind="internal")
+    try:
+        saved = refs.save(
+            repo, sb.ctx, task=task, run_id=run.run_id, status=decision.status,
+            reason=decision.reason or decision.status, summary=run.stats.summary,
+            start_commit=sb.head,
+            changes=refs.saved_changes(task, run.stats.files, decision.violations),
+            score=run.score, baseline=run.baseline.score if run.baseline else None)
+    except LoopError as exc:
+        warning = f"the candidate's ref was not saved: {exc}"
+        run.message = f"{run.message}; {warning}" if run.message else warning
+        return
+    run.ref = saved.ref
 
 
 def cleanup(run: Ledger, keep_sandbox: bool) -> None:

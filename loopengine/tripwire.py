@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import time
@@ -46,6 +47,8 @@ MAX_ENTRIES = 2000
 _FORMAT = "%(refname)%00%(objectname)%00%(symref)"
 REPAIRS = "tripwire.jsonl"  # under work/
 _REPAIRS_TAIL = 256 << 10
+# refs/loopengine/<task_id>/<run_id>: a candidate ref (campaign/refs.py writes them).
+_CANDIDATE_REF = re.compile(r"^refs/loopengine/[A-Za-z0-9._-]+/(\d{8}T\d{12}Z-[0-9a-f]{6})$")
 
 
 def marker(run_id: str) -> str:
@@ -223,6 +226,8 @@ class Tripwire:
             old, new = before.refs.get(name), after.refs.get(name)
             if old == new or name in own or self._explained("ref", name, old, new):
                 continue
+            if self._other_runs_candidate(name):
+                continue
             self.repaired.append(["ref", name, new, old])
             if old is None:
                 assert new is not None
@@ -255,6 +260,12 @@ class Tripwire:
                 (self.repo.common_dir / name).unlink()
             changes.append(f"{name} created (a broken ref)")
         return changes
+
+    def _other_runs_candidate(self, name: str) -> bool:
+        """Another run saves (and ``gc`` prunes) candidate refs while this step runs;
+        a ref under ``refs/loopengine/`` naming this very run is a step's doing."""
+        found = _CANDIDATE_REF.match(name)
+        return found is not None and found.group(1) != self.run_id
 
     def _set_ref(self, name: str, old: tuple[str, str], current: str) -> bool:
         if old[1]:

@@ -254,17 +254,30 @@ def assert_guarantees(r: Repo, before: State, sandboxes: Path, record: dict[str,
         assert sorted(files) == sorted(record["changed_files"])
         assert _refs_without(after.refs, before.branch) == _refs_without(before.refs,
                                                                           before.branch)
+        _assert_own_candidate_ref(after.refs, before.refs, record)
         index_before = _index_without(before.index, kept)
         index_after = _index_without(after.index, kept)
         assert index_after == index_before
     else:
         assert after.head == before.head
-        assert after.refs == before.refs
+        assert _refs_without(after.refs, "") == _refs_without(before.refs, "")
+        _assert_own_candidate_ref(after.refs, before.refs, record)
         assert after.index == before.index
 
 
 def _refs_without(refs: str, branch: str) -> list[str]:
-    return [line for line in refs.splitlines() if not branch or not line.startswith(branch + " ")]
+    """The refs but the branch and the candidate refs (refs/loopengine/, section 11)."""
+    return [line for line in refs.splitlines()
+            if (not branch or not line.startswith(branch + " "))
+            and not line.startswith("refs/loopengine/")]
+
+
+def _assert_own_candidate_ref(after: str, before: str, record: dict[str, Any]) -> None:
+    """The only candidate ref a run adds is its own, the one its record names."""
+    new = {line.split()[0] for line in after.splitlines()} - {
+        line.split()[0] for line in before.splitlines()}
+    new = {name for name in new if name.startswith("refs/loopengine/")}
+    assert new <= {record.get("ref")}, f"refs left behind: {new}"
 
 
 def _index_without(index: str, paths: set[str]) -> list[str]:

@@ -229,6 +229,7 @@ class Ledger:
         self.steps: Steps | None = None
         self.deadline = self.t0
         self.stats: diff_mod.DiffStats = diff_mod.EMPTY
+        self.validated = False  # the candidate's diff was read: it gets a ref
         self.decision: decide_mod.Decision | None = None
         self.score: float | None = None
         self.metrics: dict[str, Any] = {}

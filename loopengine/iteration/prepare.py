@@ -186,6 +186,7 @@ def validate(run: Ledger) -> str:
         raise Verdict(decide_mod.Decision("discard", diff_mod.describe(found),
                                           violations=found)) from exc
     run.stats = diff_mod.read_diff(run.sb.ctx, run.sb.start_tree, cand_tree)
+    run.validated = True
     if run.stats.files:
         patch = run.run_dir / "candidate.patch"
         patch.write_bytes(run.stats.patch)
