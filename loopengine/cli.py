@@ -290,6 +290,20 @@ def report(task_id: str | None, out: Path | None, as_json: bool, repo: str | Non
     report_command(repo_root(repo), task_id, out, as_json)
 
 
+@main.command()
+@REPO_OPTION
+def mcp(repo: str | None) -> None:
+    """Serve validate, run, status, results, show, history and report to an agent over MCP.
+
+    An MCP server on stdin/stdout (the official Python SDK).  The repository is fixed
+    when it starts: --repo, else the git top level of the current directory; task paths
+    in the tools are relative to it.  Nothing but protocol messages goes to stdout.
+    """
+    from loopengine.mcp_server import serve
+
+    serve(repo_root(repo))
+
+
 # --- cluster and isolation helpers (issues 11, 13) -------------------------------------
 # (commands of this section go here)
 
