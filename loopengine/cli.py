@@ -65,20 +65,34 @@ def main() -> None:
 @click.option("--task", "task_path", required=True, type=str,
               help="Path to the task file (task.yaml), relative to the current directory.")
 @REPO_OPTION
-@click.option("--patch", "patch_file",
+@click.option("--patch", "patch_files", multiple=True,
               type=click.Path(exists=True, dir_okay=False, allow_dash=True, path_type=Path),
               help="Use this unified diff as the candidate instead of running the mutator "
-                   "(- reads it from standard input).")
+                   "(- reads it from standard input).  Given several times: a batch, one "
+                   "candidate per patch.")
+@click.option("--candidates", type=click.IntRange(min=1), metavar="N",
+              help="A batch: run the mutator N times, each in its own sandbox "
+                   "(LOOPENGINE_CANDIDATE=0..N-1), and keep at most the best.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, metavar="J",
+              help="Evaluate up to J candidates of a batch at once.")
 @click.option("--keep-sandbox", is_flag=True,
               help="Leave the sandbox on disk for inspection (its path goes to stderr).")
 @click.option("-v", "--verbose", is_flag=True,
               help="Show each step and its output on stderr.")
-def run(task_path: str, repo: str | None, patch_file: Path | None, keep_sandbox: bool,
-        verbose: bool) -> None:
-    """Run one iteration and print its result record as one JSON line."""
+def run(task_path: str, repo: str | None, patch_files: tuple[Path, ...],
+        candidates: int | None, jobs: int, keep_sandbox: bool, verbose: bool) -> None:
+    """Run one iteration (or a batch) and print each result record as one JSON line."""
     from loopengine.commands.run import run as run_command
 
-    sys.exit(run_command(task_path, repo_root(repo), patch_file, keep_sandbox, verbose))
+    if patch_files and candidates:
+        raise click.UsageError("--patch and --candidates are two kinds of batch: use one")
+    if sum(str(p) == "-" for p in patch_files) > 1:
+        raise click.UsageError("--patch - reads standard input, which can be read only once")
+    batch = len(patch_files) > 1 or (candidates or 1) > 1
+    if batch and keep_sandbox:
+        raise click.UsageError("--keep-sandbox keeps the sandbox of a single run, not a batch")
+    sys.exit(run_command(task_path, repo_root(repo), patch_files, keep_sandbox, verbose,
+                         candidates=candidates or 1, jobs=jobs))
 
 
 @main.command()

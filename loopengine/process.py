@@ -47,6 +47,25 @@ _TAIL_WINDOW = 64 * 1024
 
 
 
+# A signal that the main thread took for a batch's worker threads: their running steps
+# stop as if it had reached them (Python delivers signals to the main thread only).
+_cancelled: int | None = None
+
+
+def cancel_workers(signum: int | None) -> None:
+    """Make every step running in a worker thread stop with ``Interrupted(signum)``;
+    ``None`` lifts it."""
+    global _cancelled
+    _cancelled = signum
+
+
+def check_cancelled() -> None:
+    """Raise ``Interrupted`` in a worker thread once :func:`cancel_workers` was called."""
+    signum = _cancelled
+    if signum is not None and threading.current_thread() is not threading.main_thread():
+        raise Interrupted(signum)
+
+
 @dataclass(frozen=True)
 class StepResult:
     """What one step did.  ``exit_code`` is None when the engine killed the step."""
@@ -306,6 +325,7 @@ def _wait_exit(pid: int, deadline: float, tails: list[_LineTail]) -> bool:
             return True
         for tail in tails:
             tail.poll()
+        check_cancelled()
         left = deadline - time.monotonic()
         if left <= 0:
             return False

@@ -230,7 +230,8 @@ def snapshot(r: Repo, sandboxes: Path) -> State:
     )
 
 
-def assert_guarantees(r: Repo, before: State, sandboxes: Path, record: dict[str, Any]) -> None:
+def assert_guarantees(r: Repo, before: State, sandboxes: Path, record: dict[str, Any],
+                      batch: list[dict[str, Any]] | None = None) -> None:
     """Nothing but the kept artifacts and work/ changed; refs moved only by the keep."""
     after = snapshot(r, sandboxes)
     assert after.sandboxes == [], f"sandbox leftovers: {after.sandboxes}"
@@ -254,14 +255,14 @@ def assert_guarantees(r: Repo, before: State, sandboxes: Path, record: dict[str,
         assert sorted(files) == sorted(record["changed_files"])
         assert _refs_without(after.refs, before.branch) == _refs_without(before.refs,
                                                                           before.branch)
-        _assert_own_candidate_ref(after.refs, before.refs, record)
+        _assert_own_candidate_ref(after.refs, before.refs, batch or [record])
         index_before = _index_without(before.index, kept)
         index_after = _index_without(after.index, kept)
         assert index_after == index_before
     else:
         assert after.head == before.head
         assert _refs_without(after.refs, "") == _refs_without(before.refs, "")
-        _assert_own_candidate_ref(after.refs, before.refs, record)
+        _assert_own_candidate_ref(after.refs, before.refs, batch or [record])
         assert after.index == before.index
 
 
@@ -272,12 +273,12 @@ def _refs_without(refs: str, branch: str) -> list[str]:
             and not line.startswith("refs/loopengine/")]
 
 
-def _assert_own_candidate_ref(after: str, before: str, record: dict[str, Any]) -> None:
-    """The only candidate ref a run adds is its own, the one its record names."""
+def _assert_own_candidate_ref(after: str, before: str, records: list[dict[str, Any]]) -> None:
+    """The only candidate refs a run (a batch) adds are its own, named by its records."""
     new = {line.split()[0] for line in after.splitlines()} - {
         line.split()[0] for line in before.splitlines()}
     new = {name for name in new if name.startswith("refs/loopengine/")}
-    assert new <= {record.get("ref")}, f"refs left behind: {new}"
+    assert new <= {rec.get("ref") for rec in records}, f"refs left behind: {new}"
 
 
 def _index_without(index: str, paths: set[str]) -> list[str]:

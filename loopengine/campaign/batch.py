@@ -1,0 +1,275 @@
+"""Batches (contract section 12): several candidates against one baseline, at most one keep.
+
+    measure the baseline once (unless a comparable one is stored) and store it
+    -> for each candidate, up to ``jobs`` at a time: prepare -> evaluate -> decide alone
+    -> the best of those that would be kept alone is concluded (the keep)
+    -> every other candidate is a discard that names the run it lost to
+    -> refs, sandboxes, records, in run_id order
+
+The confidence each candidate is judged with is corrected for the number compared
+(Bonferroni: ``1 - (1 - confidence) / N``): picking the luckiest of N noisy candidates
+at the single-candidate confidence would keep noise far more often than promised.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import datetime as dt
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loopengine import decide as decide_mod
+from loopengine import git, process, sandbox, stats, sync
+from loopengine import measure as measure_mod
+from loopengine.engine import cleanup, evaluate_candidate, finish, save_ref, settle
+from loopengine.errors import Interrupted, LoopError
+from loopengine.iteration import conclude as conclude_mod
+from loopengine.iteration.common import Candidate, Evaluation, Ledger, Steps
+from loopengine.iteration.prepare import (
+    check_repo_state,
+    choose_baseline,
+    prepare,
+    snapshot_baseline,
+)
+from loopengine.progress import Reporter
+from loopengine.results import Baseline, Record, load_baseline, locked, new_run_id, store_baseline
+from loopengine.signals import SignalGuard
+from loopengine.task import load_task
+
+CANDIDATE_VAR = "LOOPENGINE_CANDIDATE"
+_WAIT = 0.05
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    task_path: str
+    repo_root: Path
+    patches: tuple[Path, ...] = ()
+    candidates: int = 0  # with no patches: run the mutator this many times
+    jobs: int = 1
+    reporter: Reporter = field(default_factory=Reporter)
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    records: list[Record]
+    exit_code: int
+    messages: list[str]
+    batch_id: str
+
+
+@dataclass
+class _Slot:
+    index: int
+    run: Ledger
+    patch: Path | None
+    cand: Candidate | None = None
+    ev: Evaluation | None = None
+
+
+def corrected_confidence(confidence: float, compared: int) -> float:
+    """Bonferroni: the chance that any of ``compared`` candidates is a false keep stays
+    below ``1 - confidence``."""
+    return 1.0 - (1.0 - confidence) / max(1, compared)
+
+
+def run_batch(opts: BatchOptions) -> BatchOutcome:
+    count = len(opts.patches) or opts.candidates
+    batch_id = new_run_id()
+    slots: list[_Slot] = []
+    for i in range(count):
+        slots.append(_Slot(i, Ledger(opts.repo_root, opts.reporter, batch_id=batch_id),
+                           opts.patches[i] if opts.patches else None))
+        time.sleep(1e-6)  # run ids sort in candidate order
+    signum: int | None = None
+    with SignalGuard() as guard, cf.ThreadPoolExecutor(
+            max_workers=max(1, opts.jobs), thread_name_prefix="loopengine-candidate") as pool:
+        futures: list[cf.Future[None]] = []
+        try:
+            guard.raise_pending()
+            measure_baseline(opts, batch_id)
+            futures = [pool.submit(_candidate, opts, slot, count, batch_id) for slot in slots]
+            _wait(futures)
+        except Interrupted as exc:
+            signum = exc.signum
+            process.cancel_workers(exc.signum)
+            with guard.deferred():
+                _wait(futures)
+        finally:
+            process.cancel_workers(None)
+        with guard.deferred():
+            for slot in slots:
+                if slot.run.guard is None:  # never started: the signal came first
+                    slot.run.guard = guard
+                    slot.run.crash("interrupted", f"interrupted by "
+                                   f"{guard.name(signum or guard.received or 2)} "
+                                   "before this candidate started")
+            records, messages = _conclude(slots, guard)
+        signum = signum or guard.received
+    if signum is not None:
+        code = 128 + signum
+    else:
+        code = 1 if all(r.status == "crash" for r in records) else 0
+    return BatchOutcome(records, code, messages, batch_id)
+
+
+def _wait(futures: Sequence[cf.Future[None]]) -> None:
+    pending = set(futures)
+    while pending:  # in slices, so that a signal reaches the main thread promptly
+        _done, pending = cf.wait(pending, timeout=_WAIT)
+
+
+def _candidate(opts: BatchOptions, slot: _Slot, count: int, batch_id: str) -> None:
+    """prepare -> evaluate -> decide alone, in a worker thread; never raises."""
+    run = slot.run
+    run.guard = SignalGuard()  # not entered: only its deferral; signals come via cancel
+    run.started = dt.datetime.now(dt.UTC)
+    run.t0 = time.monotonic()
+    try:
+        process.check_cancelled()
+        cand = prepare(run, opts.task_path, patch_file=slot.patch,
+                       env={CANDIDATE_VAR: str(slot.index)})
+        cand = _batch_view(run, cand, count, batch_id)
+        process.check_cancelled()
+        slot.ev = evaluate_candidate(run, cand)
+        slot.cand = cand
+        run.decision = conclude_mod.decide(cand, slot.ev, run.baseline)
+    except BaseException as exc:
+        if not settle(run, exc):
+            run.crash("internal", f"internal error: {type(exc).__name__}: {exc}")
+
+
+def _batch_view(run: Ledger, cand: Candidate, count: int, batch_id: str) -> Candidate:
+    """The candidate as the batch judges it: the batch's own baseline, and the confidence
+    corrected for the number of candidates compared."""
+    policy = cand.task.policy
+    task = dataclasses.replace(cand.task, policy=dataclasses.replace(
+        policy, confidence=corrected_confidence(policy.confidence, count)))
+    plan = cand.plan
+    stored = cand.stored
+    if (stored is not None and stored.run_id == batch_id
+            and stored.fingerprint == cand.fingerprint
+            and stored.artifacts == sync.digest(cand.start_state)):
+        # Measured for this batch a moment ago: never again per candidate, whatever
+        # policy.remeasure_baseline says.
+        plan = measure_mod.Plan("stored", stored.scores or (stored.score,))
+        run.baseline = stored
+    run.plan = plan
+    run.task = task
+    return dataclasses.replace(cand, task=task, plan=plan, baseline=run.baseline)
+
+
+def _better(a: float, b: float, direction: str) -> bool:
+    return a > b if direction == "maximize" else a < b
+
+
+def _conclude(slots: list[_Slot], guard: SignalGuard) -> tuple[list[Record], list[str]]:
+    """The keep (at most one), then every candidate's ref, sandbox and record."""
+    keepers = [s for s in slots if s.cand is not None and s.ev is not None
+               and s.run.decision is not None and s.run.decision.status == "keep"
+               and s.ev.score is not None]
+    winner: _Slot | None = None
+    for s in keepers:
+        assert s.ev is not None and s.ev.score is not None and s.cand is not None
+        if winner is None or _better(s.ev.score, winner.ev.score,  # type: ignore[union-attr]
+                                     s.cand.task.direction):
+            winner = s
+    if winner is not None:
+        assert winner.cand is not None and winner.ev is not None
+        run = winner.run
+        try:
+            conclude_mod.conclude(run, winner.cand, winner.ev)
+            if run.decision is not None and run.decision.status == "keep" and len(slots) > 1:
+                run.decision = dataclasses.replace(
+                    run.decision, reason=f"{run.decision.reason}; the best of "
+                    f"{len(keepers)} that would be kept, among {len(slots)} candidates "
+                    f"(confidence corrected to {winner.cand.task.policy.confidence:.4g})")
+        except BaseException as exc:
+            if not settle(run, exc):
+                raise
+    kept = winner is not None and winner.run.decision is not None \
+        and winner.run.decision.status == "keep"
+    for s in slots:
+        if s is winner or s.run.decision is None or s.run.decision.status == "crash":
+            continue
+        s.run.decision = _lost(s, winner, kept)
+    records: list[Record] = []
+    messages: list[str] = []
+    for s in slots:
+        run = s.run
+        try:
+            save_ref(run)
+        finally:
+            cleanup(run, keep_sandbox=False)
+        records.append(finish(run))
+        if run.message:
+            messages.append(f"{run.run_id}: {run.message}")
+    return records, messages
+
+
+def _lost(s: _Slot, winner: _Slot | None, kept: bool) -> decide_mod.Decision:
+    decision = s.run.decision
+    assert decision is not None
+    if winner is None:
+        return decision
+    ws = winner.ev.score if winner.ev else None
+    if decision.status == "keep":
+        assert s.ev is not None
+        if kept:
+            why = (f"lost to run {winner.run.run_id} (score {decide_mod.fmt(ws)} against "
+                   f"{decide_mod.fmt(s.ev.score)}); on its own: {decision.reason}")
+        else:
+            why = (f"not kept: the batch chose run {winner.run.run_id} (score "
+                   f"{decide_mod.fmt(ws)}), which was not kept; on its own: {decision.reason}")
+        return decide_mod.Decision("discard", why)
+    if kept:
+        return dataclasses.replace(decision, status="discard",
+                                   reason=f"{decision.reason}; lost to run {winner.run.run_id}")
+    return decision
+
+
+# ---------------------------------------------------------------------------
+# One baseline for the whole batch
+
+
+def measure_baseline(opts: BatchOptions, batch_id: str) -> None:
+    """Measure the baseline once for the batch and store it, unless a comparable one is
+    stored.  A failure is left to the candidates, which then measure it as ``run`` would."""
+    run = Ledger(opts.repo_root, opts.reporter, run_id=batch_id)
+    run.guard = SignalGuard()
+    run.alive.claim()
+    try:
+        task = run.task = load_task(opts.task_path, opts.repo_root)
+        run.repo = git.repo_info(opts.repo_root)
+        overlay = check_repo_state(run)
+        snapshot_baseline(run)
+        run.sb = sandbox.create(run.repo, batch_id, overlay)
+        run.alive.note_sandbox(run.sb)
+        choose_baseline(run)
+        assert run.plan is not None
+        if run.plan.source == "stored" and not task.policy.remeasure_baseline:
+            return
+        opts.reporter.phase("the batch's baseline")
+        steps = Steps(task, run.sb, batch_id, run.run_dir,
+                      deadline=time.monotonic() + task.max_seconds,
+                      report=opts.reporter, repo=run.repo)
+        evaluator = measure_mod.Evaluator(task, run.sb, [], steps.run, steps.parse_score,
+                                          log_dir=run.run_dir, phase=opts.reporter.phase)
+        samples = [evaluator(measure_mod.BASELINE) for _ in range(task.policy.repeats)]
+        scores = tuple(s.score for s in samples)
+        new = Baseline(score=stats.mean(list(scores)), artifacts=sync.digest(run.start_state),
+                       run_id=batch_id, fingerprint=run.fingerprint, scores=scores,
+                       metrics=samples[-1].metrics)
+        with locked(opts.repo_root):
+            if (load_baseline(opts.repo_root, task.id) == run.stored
+                    and sync.artifact_state(opts.repo_root, task) == run.start_state):
+                store_baseline(opts.repo_root, task.id, new)
+    except LoopError as exc:
+        opts.reporter.info(f"the batch's baseline could not be measured ({exc}); each "
+                           "candidate measures it")
+    finally:
+        cleanup(run, keep_sandbox=False)
+        run.alive.release()
