@@ -98,15 +98,19 @@ def run(task_path: str, repo: str | None, patch_files: tuple[Path, ...],
 @main.command()
 @click.option("--task", "task_path", required=True, type=str, help="Path to the task file.")
 @REPO_OPTION
-def validate(task_path: str, repo: str | None) -> None:
-    """Check a task file; run nothing."""
-    from loopengine.task import load_task
+@click.option("--run", "run_baseline", is_flag=True,
+              help="Also evaluate the current baseline once in a sandbox (runner and scorer; "
+              "nothing stored) and print its score and metrics.")
+@click.option("-v", "--verbose", is_flag=True, help="With --run: show each step on stderr.")
+def validate(task_path: str, repo: str | None, run_baseline: bool, verbose: bool) -> None:
+    """Check a task file and what it names in the repository.
 
-    try:
-        task = load_task(task_path, repo_root(repo))
-    except LoopError as exc:
-        fail(str(exc))
-    click.echo(f"{task_path}: ok (task {task.id})")
+    Prints every problem, one a line (file: field: message), and warnings; exit 0 when the
+    task is fine, 1 when it is not.  With --run, the baseline is measured once.
+    """
+    from loopengine.commands.validate import validate as validate_command
+
+    sys.exit(validate_command(repo_root(repo), task_path, run_baseline, verbose))
 
 
 @main.command()

@@ -48,8 +48,10 @@ def check_constraints(
     violations: list[dict[str, Any]] = []
     for c in constraints:
         if c.metric not in metrics:
+            have = ", ".join(map(repr, sorted(metrics))) or "none"
             return Decision(
-                "crash", f"constraint metric {c.metric!r} is missing from the scorer's metrics",
+                "crash", f"constraint metric {c.metric!r} is missing from the scorer's metrics "
+                f"(it has: {have})",
                 crash_kind="scorer",
             )
         value = metrics[c.metric]

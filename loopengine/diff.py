@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import unidiff
@@ -214,3 +214,39 @@ def describe(found: list[dict[str, Any]]) -> str:
         more = len(found) - 1
         text += f" (and {more} more violation{'s' if more > 1 else ''})"
     return text
+
+
+def unmatched_patterns(task: Task, ctx: git.Context, tree: str) -> list[str]:
+    """The ``artifacts.include`` patterns that match no file of ``tree``."""
+    prefixes = sorted({_literal_folder(p) for p in task.include})
+    args = ["ls-tree", "-r", "-z", "--name-only", tree]
+    if "" not in prefixes:
+        args += ["--", *prefixes]
+    names = git.split_z(git.run(ctx, *args).stdout)
+    return [p for p in task.include
+            if not any(match_artifact(replace(task, include=(p,)), n) for n in names)]
+
+
+def _literal_folder(pattern: str) -> str:
+    fixed = []
+    for part in pattern.split("/")[:-1]:
+        if any(c in part for c in "*?["):
+            break
+        fixed.append(part)
+    return "/".join(fixed)
+
+
+def include_problem(task: Task, ctx: git.Context, tree: str,
+                    found: list[dict[str, Any]]) -> tuple[str | None, bool]:
+    """A change outside the artifacts while an ``artifacts.include`` entry matches no file
+    is most likely a wrong path in the task, not the candidate's fault: the words that say
+    so, and whether no entry matches anything (then it is a config crash, not a discard)."""
+    if not any(v["rule"] == "not_an_artifact" for v in found):
+        return None, False
+    missing = unmatched_patterns(task, ctx, tree)
+    if not missing:
+        return None, False
+    which = "matches" if len(missing) == 1 else "match"
+    text = (f"artifacts.include {', '.join(map(repr, missing))} {which} no file in the "
+            "repository: check the path in the task file (loopengine validate)")
+    return text, len(missing) == len(task.include)

@@ -226,6 +226,20 @@ def json_schema() -> dict[str, Any]:
     return schema.json_schema()
 
 
+def read_document(display: str, repo_root: Path) -> tuple[dict[Any, Any], Path, Path, str]:
+    """The task file's YAML mapping, not yet validated, with the resolved file and root
+    and the repo-relative task folder.  Raises ``TaskError``."""
+    file, root, task_dir = _locate(display, repo_root)
+    document = _parse(_read(file, display), display)
+    if document is None:
+        raise TaskError(f"{display}: the task file is empty")
+    if not isinstance(document, dict):
+        from loopengine.schema import kind
+
+        raise TaskError(f"{display}: the task file must be a mapping, got {kind(document)}")
+    return document, file, root, task_dir
+
+
 def load_task(path: str | os.PathLike[str], repo_root: Path) -> Task:
     """Read, validate and return the task file at ``path`` (as the user typed it).
 
@@ -236,12 +250,7 @@ def load_task(path: str | os.PathLike[str], repo_root: Path) -> Task:
     from loopengine import schema
 
     display = os.fsdecode(path)
-    file, root, task_dir = _locate(display, Path(repo_root))
-    document = _parse(_read(file, display), display)
-    if document is None:
-        raise TaskError(f"{display}: the task file is empty")
-    if not isinstance(document, dict):
-        raise TaskError(f"{display}: the task file must be a mapping, got {schema.kind(document)}")
+    document, file, root, task_dir = read_document(display, Path(repo_root))
     context = {"task_dir": task_dir, "results_path": _results_path_rule(root, file)}
     try:
         data = schema.validate(document, context)

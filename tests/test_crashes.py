@@ -208,7 +208,8 @@ def test_dotted_score_field_missing(repo: Repo, guarded) -> None:
 def test_constraint_on_a_missing_metric_is_a_crash(repo: Repo, guarded) -> None:
     rec = crash(repo, guarded, "scorer", scored=True,
                 constraints=[{"metric": "latency_ms", "max": 50}])
-    assert rec["reason"] == "constraint metric 'latency_ms' is missing from the scorer's metrics"
+    assert rec["reason"] == ("constraint metric 'latency_ms' is missing from the scorer's "
+                             "metrics (it has: 'bytes')")
     assert rec["candidate_score"] == 2.0 and rec["metrics"] == {"bytes": 11}
 
 

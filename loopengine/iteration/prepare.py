@@ -192,7 +192,14 @@ def validate(run: Ledger) -> str:
         patch.write_bytes(run.stats.patch)
     found = diff_mod.violations(run.task, run.stats)
     if found:
-        raise Verdict(decide_mod.Decision("discard", diff_mod.describe(found),
-                                          violations=found))
+        reason = diff_mod.describe(found)
+        hint, nothing_matches = diff_mod.include_problem(run.task, run.sb.ctx,
+                                                         run.sb.start_tree, found)
+        if nothing_matches:  # no artifact at all: the task is wrong, not the candidate
+            raise StepCrash("config", f"{hint}; the candidate changed "
+                            f"{', '.join(sorted({str(v['path']) for v in found if v['path']}))}")
+        if hint:
+            reason = f"{reason}; {hint}"
+        raise Verdict(decide_mod.Decision("discard", reason, violations=found))
     run.frozen = sync.artifact_state(run.sb.tree, run.task)
     return cand_tree
