@@ -144,14 +144,20 @@ def _inside(root: Path, path: str) -> Path:
 
 
 def validate_task(root: Path, task: str) -> dict[str, Any]:
-    from loopengine.task import load_task
+    from loopengine.commands.validate import check
 
     try:
-        loaded = load_task(_inside(root, task), root)
+        checked = check(root, str(_inside(root, task)))
     except LoopError as exc:
-        return {"ok": False, "task": task, "error": str(exc)}
+        return {"ok": False, "task": task, "error": str(exc), "errors": [str(exc)],
+                "warnings": []}
+    loaded = checked.task
+    if loaded is None or not checked.ok:
+        return {"ok": False, "task": task, "error": checked.errors[0],
+                "errors": checked.errors, "warnings": checked.warnings}
     return {"ok": True, "task": task, "task_id": loaded.id,
-            "artifacts": list(loaded.include), "direction": loaded.direction}
+            "artifacts": list(loaded.include), "direction": loaded.direction,
+            "errors": [], "warnings": checked.warnings}
 
 
 def read_results(root: Path, task: str | None, last: int | None) -> list[dict[str, Any]]:

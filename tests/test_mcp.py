@@ -89,7 +89,8 @@ def test_tools_a_keep_a_discard_and_status(repo: Repo) -> None:
     assert tools["run"].input_schema["required"] == ["task"]
 
     assert seen["validate"] == {"ok": True, "task": "tasks/demo/task.yaml", "task_id": "demo",
-                                "artifacts": [NOTES], "direction": "maximize"}
+                                "artifacts": [NOTES], "direction": "maximize", "errors": [],
+                                "warnings": []}
     keep, discard = seen["keep"], seen["discard"]
     assert keep["status"] == "keep", keep["reason"]
     assert keep["commit"] == repo.git("rev-parse", "HEAD").strip()
@@ -142,6 +143,7 @@ def test_errors_are_tool_errors_in_words(repo: Repo) -> None:
 
     invalid, unknown, crashed = serve(repo.path, body)
     assert invalid["ok"] is False and "runner.timeout_secs" in invalid["error"]
+    assert invalid["errors"] == [invalid["error"]]  # every problem, as `validate` lists them
     assert "no run 'nope'" in unknown
     # A task file that cannot be read is a crash record, as `loopengine run` prints it.
     assert crashed["status"] == "crash" and crashed["crash_kind"] == "config"

@@ -62,21 +62,45 @@ class Finding:
     warning: bool = False
 
 
-def validate(root: Path, task_path: str, run: bool, verbose: bool) -> int:
-    """Print what is wrong with the task file; the exit status (0 fine, 1 problems)."""
+@dataclass(frozen=True)
+class Checked:
+    """What ``validate`` found: the task (None when the file is not valid), the errors and
+    the warnings, each a line ``file: dotted.field: message``."""
+
+    task: Task | None
+    errors: list[str]
+    warnings: list[str]
+    marked_warnings: list[str]  # the same, as the CLI prints them: "field: warning: ..."
+
+    @property
+    def ok(self) -> bool:
+        return self.task is not None and not self.errors
+
+
+def check(root: Path, task_path: str) -> Checked:
+    """Every problem of the task file at ``task_path``, schema and preflight; runs nothing."""
     task: Task | None = None
-    problems: list[str] = []
+    errors: list[str] = []
     try:
         task = load_task(task_path, root)
     except TaskError as exc:
-        problems = exc.problems
-    findings = list(preflight(root, task_path, task, problems))
-    for line in problems:
+        errors = list(exc.problems)
+    findings = list(preflight(root, task_path, task, errors))
+    errors += [f"{task_path}: {f.where}: {f.message}" for f in findings if not f.warning]
+    warned = [f for f in findings if f.warning]
+    return Checked(task, errors, [f"{task_path}: {f.where}: {f.message}" for f in warned],
+                   [f"{task_path}: {f.where}: warning: {f.message}" for f in warned])
+
+
+def validate(root: Path, task_path: str, run: bool, verbose: bool) -> int:
+    """Print what is wrong with the task file; the exit status (0 fine, 1 problems)."""
+    checked = check(root, task_path)
+    for line in checked.errors:
         click.echo(f"loopengine: {line}", err=True)
-    for f in findings:
-        label = "warning: " if f.warning else ""
-        click.echo(f"loopengine: {task_path}: {f.where}: {label}{f.message}", err=True)
-    if task is None or any(not f.warning for f in findings):
+    for line in checked.marked_warnings:
+        click.echo(f"loopengine: {line}", err=True)
+    task = checked.task
+    if task is None or not checked.ok:
         return 1
     click.echo(f"{task_path}: ok (task {task.id})")
     line = isolation_line(task)
