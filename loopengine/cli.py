@@ -24,10 +24,21 @@ from loopengine.errors import LoopError
 
 def repo_root(repo: str | None) -> Path:
     """``--repo DIR``; else the git top level of the current directory; else the cwd."""
-    if repo is not None:
-        return Path(repo).resolve()
     from loopengine import git
 
+    if repo is not None:
+        root = Path(repo).resolve()
+        top = git.toplevel(root)
+        if top is not None and top.resolve() != root:
+            # A subfolder is neither the repository (its keeps could not be committed
+            # alone) nor a plain folder (its work/ would be untracked junk in the user's
+            # repository): refuse before anything is written.
+            raise click.BadParameter(
+                f"{repo} is inside the git repository {top.resolve()}, not its top level; "
+                f"use --repo {top.resolve()} (task paths and cwd values are relative to "
+                "it), or make the folder a repository of its own (git init)",
+                param_hint="'--repo'")
+        return root
     cwd = Path.cwd()
     top = git.toplevel(cwd)
     return top.resolve() if top is not None else cwd.resolve()

@@ -173,7 +173,8 @@ def _locate(display: str, repo_root: Path) -> tuple[Path, Path, str]:
     try:
         mode = given.stat().st_mode
     except (FileNotFoundError, NotADirectoryError):
-        raise TaskError(f"{display}: no such task file") from None
+        raise TaskError(f"{display}: no such task file{_resolved_against(given, repo_root)}") \
+            from None
     except OSError as e:
         raise TaskError(f"{display}: cannot read the task file: {e.strerror}") from None
     if stat.S_ISDIR(mode):
@@ -186,6 +187,22 @@ def _locate(display: str, repo_root: Path) -> tuple[Path, Path, str]:
     except ValueError:
         raise TaskError(f"{display}: the task file must be inside the repository {root}") from None
     return path, root, task_dir
+
+
+def _resolved_against(given: Path, repo_root: Path) -> str:
+    """Where a relative task path was looked for, when that is not the repository root
+    (``--repo X --task PATH`` from another directory)."""
+    if given.is_absolute():
+        return ""
+    cwd = Path.cwd().resolve()
+    root = repo_root.resolve()
+    if cwd == root:
+        return ""
+    hint = f" (the path was resolved against the current directory {cwd}, not the " \
+        f"repository {root}"
+    if (root / given).is_file():
+        hint += f"; did you mean {os.path.relpath(root / given, cwd)}?"
+    return hint + ")"
 
 
 def _read(path: Path, display: str) -> str:

@@ -22,7 +22,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +42,13 @@ MAX_REPEATS = 100
 
 @contextlib.contextmanager
 def session(root: Path, task_path: str | None, *, at: str | None = None,
-            reporter: Reporter | None = None) -> Iterator[Ledger]:
+            reporter: Reporter | None = None,
+            at_overlay: Sequence[str] = ()) -> Iterator[Ledger]:
     """An iteration's set-up without a mutator: a fresh sandbox, removed whatever happens.
 
-    The sandbox holds the main tree as ``run`` would see it, or commit ``at`` (then the
-    caller loads the task from the sandbox).  :func:`steps` runs the steps, with the
+    The sandbox holds the main tree as ``run`` would see it, or commit ``at`` with the
+    main tree's ``at_overlay`` paths laid over it (then the caller loads the task from the
+    sandbox).  :func:`steps` runs the steps, with the
     iteration's budget, environment, logs and checks; a killed session is cleaned up by
     the next run like a killed iteration.
     """
@@ -63,6 +65,7 @@ def session(root: Path, task_path: str | None, *, at: str | None = None,
                 overlay = check_repo_state(it)
             else:
                 it.repo = dataclasses.replace(repo, head=at, head_tree=None)
+                overlay = list(at_overlay)  # the working tree's files a caller wants
             it.sb = sandbox.create(it.repo, it.run_id, overlay)
             it.alive.note_sandbox(it.sb)
             yield it

@@ -21,11 +21,12 @@ from typing import Any
 import click
 import yaml
 
-from loopengine import diff, fingerprint, git, measure, stats
+from loopengine import diff, fingerprint, git, measure, sandbox, stats
 from loopengine.commands import CommandError
 from loopengine.commands.calibrate import session, steps
 from loopengine.commands.history import FORMAT, Keep, _parse
 from loopengine.decide import Look, check_constraints, fmt
+from loopengine.errors import TaskError
 from loopengine.progress import Reporter
 from loopengine.results import run_dir
 from loopengine.task import Task, load_task, match_artifact
@@ -41,15 +42,34 @@ def verify(root: Path, rev: str, task_path: str | None, reporter: Reporter) -> i
     commit = _resolve(repo, rev)
     keep = _keep(repo, commit, rev)
     parent = _resolve(repo, f"{commit}^", what=f"{rev} has no parent to compare with")
-    rel = task_path_in(repo, commit, keep.task, task_path)
+    rel, committed = task_path_in(repo, commit, keep.task, task_path)
+    notes: list[str] = []
+    overlay: list[str] = []
+    if not committed:
+        # `init`, then `run`, with the task folder never committed: the evaluation the keep
+        # was made under is the working tree's.
+        overlay = _uncommitted_evaluation(repo, rel)
+        notes.append(f"the task file {rel} is not in {commit[:12]}: the task and your "
+                     "uncommitted files (artifacts aside) come from the working tree")
     recorded = _recorded(root, keep.run)
-    with session(root, None, at=commit, reporter=reporter) as it:
+    with session(root, None, at=commit, reporter=reporter,
+                 at_overlay=overlay) as it:
         assert it.sb is not None
-        task = load_task(it.sb.tree / rel, it.sb.tree)
+        try:
+            task = load_task(it.sb.tree / rel, it.sb.tree)
+        except TaskError as exc:
+            raise CommandError(str(exc).replace(str(it.sb.tree / rel), rel)) from None
         it.task = task
         runner = steps(it, task, time.monotonic() + task.max_seconds)
+        end = git.out(repo.ctx, "rev-parse", f"{commit}^{{tree}}")
         start = git.out(repo.ctx, "rev-parse", f"{parent}^{{tree}}")
-        changes = diff.read_diff(it.sb.ctx, start, it.sb.start_tree).files
+        before = _judged_against(it.sb, end, root, keep.run)
+        if before is not None and before != start:
+            start = before
+            notes.append(f"the baseline is {commit[:12]} without its candidate patch "
+                         f"(work/runs/{keep.run}/candidate.patch): the keep was measured "
+                         "against uncommitted edits the parent does not hold")
+        changes = diff.read_diff(it.sb.ctx, start, end).files
         strays = [f.path for f in changes if not match_artifact(task, f.path)]
         if strays:
             raise CommandError(f"{rev} changes files that are not artifacts of task "
@@ -61,6 +81,8 @@ def verify(root: Path, rev: str, task_path: str | None, reporter: Reporter) -> i
         measure.measure(task, evaluate, measure.Plan("remeasured"), m, has_change=True,
                         time_left=lambda: runner.deadline - time.monotonic())
     click.echo(report(keep, task, m, fp, recorded))
+    for note in notes:
+        click.echo(f"note: {note}")
     broken = m.stop or check_constraints(task.constraints, m.metrics)
     if broken is not None:
         if broken.status == "crash":
@@ -68,6 +90,30 @@ def verify(root: Path, rev: str, task_path: str | None, reporter: Reporter) -> i
         click.echo(f"does not reproduce: {broken.reason}")
         return DIFFERS
     return REPRODUCES if m.look is not None and m.look.state == "keep" else DIFFERS
+
+
+def _uncommitted_evaluation(repo: git.RepoInfo, rel: str) -> list[str]:
+    """The working tree's uncommitted paths, artifacts aside, for a task not in the commit."""
+    try:
+        task = load_task(repo.root / rel, repo.root)
+    except TaskError as exc:
+        raise CommandError(str(exc).replace(str(repo.root / rel), rel)) from None
+    return [path for _, path in sandbox.main_status(repo) if not match_artifact(task, path)]
+
+
+def _judged_against(sb: sandbox.Sandbox, end: str, root: Path, run_id: str) -> str | None:
+    """The tree the keep was measured against: the commit's tree with the run's candidate
+    patch taken back out, when the run folder still has it (None otherwise)."""
+    patch = run_dir(root, run_id) / "candidate.patch"
+    if not patch.is_file():
+        return None
+    ctx = sb.ctx.with_index(sb.index("judged"))
+    git.run(ctx, "read-tree", end)
+    back = git.run(ctx, "apply", "--cached", "-R", "--whitespace=nowarn", "--", str(patch),
+                   check=False)
+    if back.returncode != 0:
+        return None
+    return git.out(ctx, "write-tree")
 
 
 def _resolve(repo: git.RepoInfo, rev: str, what: str | None = None) -> str:
@@ -88,30 +134,62 @@ def _keep(repo: git.RepoInfo, commit: str, rev: str) -> Keep:
     return keep
 
 
-def task_path_in(repo: git.RepoInfo, commit: str, task_id: str, given: str | None) -> str:
-    """The repo-relative path of the task file, in the commit: ``--task`` or found by id."""
+def task_path_in(repo: git.RepoInfo, commit: str, task_id: str,
+                 given: str | None) -> tuple[str, bool]:
+    """The repo-relative path of the task file, and whether the commit holds it:
+    ``--task`` (relative to the current directory), or the file with the keep's task id,
+    in the commit or else among the working tree's uncommitted files."""
     if given is not None:
         path = Path(given).resolve()
         try:
-            return path.relative_to(repo.root.resolve()).as_posix()
+            rel = path.relative_to(repo.root.resolve()).as_posix()
         except ValueError:
-            raise CommandError(f"{given}: the task file must be inside the repository") from None
+            raise CommandError(f"{given}: the task file must be inside the repository "
+                               f"{repo.root} (a relative --task is read from the current "
+                               f"directory, {Path.cwd()})") from None
+        if _in_commit(repo, commit, rel):
+            return rel, True
+        if path.is_file():
+            return rel, False
+        raise CommandError(f"{given}: no such task file in {commit[:12]} nor in the working "
+                           f"tree (a relative --task is read from the current directory, "
+                           f"{Path.cwd()})")
     names = git.split_z(git.run(repo.ctx, "ls-tree", "-r", "-z", "--name-only", commit).stdout)
-    found = []
-    for name in names:
-        if not name.endswith((".yaml", ".yml")) or name.split("/")[0] == "work":
-            continue
-        text = git.run(repo.ctx, "cat-file", "blob", f"{commit}:{name}", check=False).stdout
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError:
-            continue
-        if isinstance(data, dict) and data.get("id") == task_id and "runner" in data:
-            found.append(name)
+    found = [name for name in names if _is_task(repo, f"{commit}:{name}", name, task_id)]
+    if not found:
+        uncommitted = [path for _, path in sandbox.main_status(repo)]
+        found = [name for name in uncommitted
+                 if (repo.root / name).is_file() and _is_task(repo, None, name, task_id)]
+        if len(found) == 1:
+            return found[0], False
     if len(found) != 1:
         how = "no task file" if not found else f"{len(found)} task files ({', '.join(found)})"
-        raise CommandError(f"{how} with id {task_id!r} in {commit[:12]}; name it with --task")
-    return found[0]
+        raise CommandError(f"{how} with id {task_id!r} in {commit[:12]} or the working tree; "
+                           "name it with --task")
+    return found[0], True
+
+
+def _in_commit(repo: git.RepoInfo, commit: str, rel: str) -> bool:
+    return git.run(repo.ctx, "cat-file", "-e", f"{commit}:{rel}", check=False).returncode == 0
+
+
+def _is_task(repo: git.RepoInfo, blob: str | None, name: str, task_id: str) -> bool:
+    """Whether ``name`` (the blob ``blob``, or the working tree's file) is a task file
+    with this id."""
+    if not name.endswith((".yaml", ".yml")) or name.split("/")[0] == "work":
+        return False
+    if blob is not None:
+        text = git.run(repo.ctx, "cat-file", "blob", blob, check=False).stdout
+    else:
+        try:
+            text = (repo.root / name).read_bytes()
+        except OSError:
+            return False
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return False
+    return isinstance(data, dict) and data.get("id") == task_id and "runner" in data
 
 
 def _recorded(root: Path, run_id: str) -> dict[str, Any]:
