@@ -55,8 +55,16 @@ Look back with `results`, `history` (the keep commits), `show` (one run's record
 and logs) and `report` (an HTML page for people)."""
 
 
+def instructions() -> str:
+    """The summary above, then the whole guide (``loopengine guide``) for the details."""
+    from loopengine.commands.guide import guide_text
+
+    return (f"{INSTRUCTIONS}\n\nThe guide follows; its `loopengine X` commands are this "
+            f"server's tools of the same names.\n\n{guide_text()}")
+
+
 def build_server(root: Path) -> MCPServer:
-    server: MCPServer = MCPServer("loopengine", instructions=INSTRUCTIONS,
+    server: MCPServer = MCPServer("loopengine", instructions=instructions(),
                                   log_level="WARNING")
 
     @server.tool(description=(

@@ -29,8 +29,9 @@ def diff(repo: Repo, text: str) -> str:
 
 
 def serve(cwd: Path, body: Callable[[ClientSession], Awaitable[Any]],
-          *args: str) -> Any:
-    """Start ``python -m loopengine mcp ARGS`` in ``cwd``, run ``body`` against it."""
+          *args: str, seen: dict[str, Any] | None = None) -> Any:
+    """Start ``python -m loopengine mcp ARGS`` in ``cwd``, run ``body`` against it
+    (``seen["init"]``: what the server said when the session started)."""
 
     async def main() -> Any:
         params = StdioServerParameters(command=PY, args=["-m", "loopengine", "mcp", *args],
@@ -38,7 +39,9 @@ def serve(cwd: Path, body: Callable[[ClientSession], Awaitable[Any]],
         with open(os.devnull, "w") as errlog:
             async with stdio_client(params, errlog=errlog) as (read, write), \
                     ClientSession(read, write) as session:
-                await session.initialize()
+                init = await session.initialize()
+                if seen is not None:
+                    seen["init"] = init
                 return await body(session)
 
     return anyio.run(main)
@@ -77,7 +80,11 @@ def test_tools_a_keep_a_discard_and_status(repo: Repo) -> None:
         seen["report"] = await call(session, "report")
         return seen
 
-    seen = serve(repo.path, body)
+    started: dict[str, Any] = {}
+    seen = serve(repo.path, body, seen=started)
+    # The server's instructions carry the guide: the loop, and what to do after each status.
+    assert "What to do next" in started["init"].instructions
+    assert started["init"].server_info.name == "loopengine"
     tools = seen["tools"]
     assert set(tools) == TOOLS
     # Descriptions an agent can act on: what each status means and what to do next.
