@@ -34,7 +34,8 @@ section.task h2 { margin: 0 0 2px; font-size: 18px; }
 table { border-collapse: collapse; width: 100%; font-size: 13px; margin-top: 8px; }
 th, td { text-align: left; padding: 5px 10px 5px 0; border-bottom: 1px solid #eceef2;
          vertical-align: top; }
-th { font-size: 11.5px; text-transform: uppercase; letter-spacing: .04em; color: #5b6474; }
+th { white-space: nowrap; font-size: 11.5px; text-transform: uppercase; letter-spacing: .04em;
+     color: #5b6474; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.mono { white-space: nowrap; }
 td.mono, code { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace;
