@@ -69,20 +69,23 @@ def build_server(root: Path) -> MCPServer:
 
     @server.tool(description=(
         "Check a task file without running anything. `task` is the path of a task.yaml, "
-        "relative to the repository root (e.g. tasks/ID/task.yaml). Returns {ok: true, "
+        "relative to the repository root (e.g. tasks/ID/task.yaml), or a task id ID for "
+        "tasks/ID/task.yaml. Returns {ok: true, "
         "task_id, task, artifacts, direction} or {ok: false, error}: the error names the "
         "file and the dotted field to fix."))
     def validate(task: str) -> dict[str, Any]:
         return validate_task(root, task)
 
     @server.tool(description=(
-        "Run one iteration of a task: make a candidate (from `patch`, a unified diff as "
-        "`git diff` prints it, paths relative to the repository root, against the tree as "
-        "it is now, touching only artifact files; or, without `patch`, from the task's "
-        "mutator), evaluate it in a sandbox and keep it only if it beats the baseline. "
-        "The first run of a task (or after the evaluation changed) also measures the "
-        "baseline. Returns the result record, as `loopengine run` prints it: `status`, "
-        "`reason`, `candidate_score`, `baseline_score`, `violations`, `crash_kind`, "
+        "Run one iteration of a task (`task`: its task.yaml path relative to the "
+        "repository root, or its id for tasks/ID/task.yaml): make a candidate (from "
+        "`patch`, a unified diff as `git diff` prints it, paths relative to the "
+        "repository root, against the tree as it is now, touching only artifact files; "
+        "or, without `patch`, from the task's mutator), evaluate it in a sandbox and "
+        "keep it only if it beats the baseline. The first run of a task (or after the "
+        "evaluation changed) also measures the baseline. Returns the result record, as "
+        "`loopengine run` prints it: `status`, `reason`, `candidate_score`, "
+        "`baseline_score`, `violations`, `crash_kind`, "
         "`log_tail`, `run_id`, `commit`, ... " + STATUSES))
     async def run(task: str, patch: str | None = None) -> dict[str, Any]:
         return await run_task(root, task, patch)
@@ -151,11 +154,21 @@ def _inside(root: Path, path: str) -> Path:
     return Path(path) if os.path.isabs(path) else root / path
 
 
+def _task_file(root: Path, task: str) -> Path:
+    """A task file's path, relative to the repository; or a task id, for
+    ``tasks/<id>/task.yaml`` when no file of that name exists."""
+    path = _inside(root, task)
+    by_id = root / "tasks" / task / "task.yaml"
+    if not path.exists() and "/" not in task and by_id.is_file():
+        return by_id
+    return path
+
+
 def validate_task(root: Path, task: str) -> dict[str, Any]:
     from loopengine.commands.validate import check
 
     try:
-        checked = check(root, str(_inside(root, task)))
+        checked = check(root, str(_task_file(root, task)))
     except LoopError as exc:
         return {"ok": False, "task": task, "error": str(exc), "errors": [str(exc)],
                 "warnings": []}
@@ -197,7 +210,7 @@ async def run_task(root: Path, task: str, patch: str | None) -> dict[str, Any]:
     A cancelled call (the client gave up, the server is stopping) sends the run SIGTERM
     and waits for it: it ends as ``run`` always ends, with a record and no leftovers.
     """
-    argv = [sys.executable, "-m", "loopengine", "run", "--task", str(_inside(root, task)),
+    argv = [sys.executable, "-m", "loopengine", "run", "--task", str(_task_file(root, task)),
             "--repo", str(root)]
     if patch is not None:
         argv += ["--patch", "-"]
