@@ -24,6 +24,10 @@ from hypothesis import strategies as st
 REPO = Path(__file__).resolve().parents[1]
 TASK_DIR = REPO / "tasks" / "skill-quality"
 ARTIFACT = "tasks/skill-quality/fixtures/SKILL.md"
+# The fixture as shipped.  Not the working copy: `loopengine run --task
+# tasks/skill-quality/task.yaml` (the README's first command) keeps and commits an improved
+# SKILL.md in this very repository, and the tests must pass after it, any number of times.
+PRISTINE = Path(__file__).resolve().parent / "data" / "skill-quality-SKILL.md"
 SCRIPTS = (
     "skill_rubric.py",
     "mutate_skill_task.py",
@@ -55,9 +59,15 @@ def sandbox(tmp_path: Path) -> Path:
     (root / "scripts").mkdir(parents=True)
     for name in SCRIPTS:
         shutil.copy2(REPO / "scripts" / name, root / "scripts" / name)
-    shutil.copytree(TASK_DIR, root / "tasks" / "skill-quality")
+    copy_task_dir(root)
     (root / "work").mkdir()
     return root
+
+
+def copy_task_dir(root: Path) -> None:
+    """The sample task folder, with the fixture as shipped."""
+    shutil.copytree(TASK_DIR, root / "tasks" / "skill-quality")
+    shutil.copyfile(PRISTINE, root / ARTIFACT)
 
 
 def run_step(root: Path, step: str) -> subprocess.CompletedProcess[str]:
@@ -239,9 +249,9 @@ def test_mutator_is_deterministic(tmp_path: Path) -> None:
         (root / "scripts").mkdir(parents=True)
         for script in SCRIPTS:
             shutil.copy2(REPO / "scripts" / script, root / "scripts" / script)
-        shutil.copytree(TASK_DIR, root / "tasks" / "skill-quality")
+        copy_task_dir(root)
         roots.append(root)
-    expected = (TASK_DIR / "fixtures" / "SKILL.md").read_text(encoding="utf-8")
+    expected = PRISTINE.read_text(encoding="utf-8")
     for _ in range(len(skill_rubric.RUBRIC)):
         expected, _fixed = mutate_skill_task.improve(expected)
         outputs = []
@@ -403,3 +413,19 @@ def test_any_start_climbs_to_a_full_score(fragments: list[str], ending: str) -> 
     else:
         pytest.fail("the climb did not end")
     assert all(result.passed for result in skill_rubric.evaluate(text))
+
+
+def test_the_pristine_fixture_is_the_shipped_one() -> None:
+    """tests/data holds the fixture as the project last changed it: keep commits of the
+    README's main job (``loopengine(skill-quality): keep ...``) do not count."""
+    def git(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(["git", *args], cwd=REPO, env=ENV, capture_output=True,
+                              check=False)
+
+    last = git("log", "-1", "--format=%H", "--invert-grep", "--grep=^loopengine(",
+               "--", ARTIFACT)
+    if last.returncode != 0 or not last.stdout.strip():
+        pytest.skip("not a git checkout with history")
+    shipped = git("show", f"{last.stdout.decode().strip()}:{ARTIFACT}")
+    assert shipped.returncode == 0, shipped.stderr
+    assert shipped.stdout == PRISTINE.read_bytes()
