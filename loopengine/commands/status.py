@@ -140,9 +140,9 @@ def task_status(root: Path, task_id: str, task: Task | None, task_error: str | N
 def _keep(record: dict[str, Any]) -> dict[str, Any]:
     score, base = _num(record.get("candidate_score")), _num(record.get("baseline_score"))
     delta = None if score is None or base is None else float(f"{score - base:.12g}")
-    return {"run_id": record.get("run_id"), "commit": record.get("commit"), "score": score,
-            "baseline_score": base, "delta": delta, "started_at": record.get("started_at"),
-            "reason": record.get("reason")}
+    return {"run_id": record.get("run_id"), "commit": record.get("commit"),
+            "ref": record.get("ref"), "score": score, "baseline_score": base, "delta": delta,
+            "started_at": record.get("started_at"), "reason": record.get("reason")}
 
 
 def _num(value: object) -> float | None:
