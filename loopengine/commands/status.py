@@ -335,7 +335,7 @@ def _running(loops: list[dict[str, Any]]) -> dict[str, Any] | None:
     for state in sorted(loops, key=lambda s: str(s.get("loop_id")), reverse=True):
         if loop_alive(state):
             keys = ("loop_id", "pid", "started_at", "iterations", "keeps", "discards",
-                    "crashes", "best_score")
+                    "crashes", "start_score", "best_score", "elapsed_seconds")
             found = {k: state.get(k) for k in keys}
             found["stop_requested"] = (state["_folder"] / "STOP").exists()
             return found
@@ -343,7 +343,8 @@ def _running(loops: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def loop_alive(state: dict[str, Any]) -> bool:
-    if state.get("stop_reason") or state.get("status") in ("stopped", "finished", "done"):
+    # The loop writes "running" when it starts or resumes; anything else has ended.
+    if state.get("stop_reason") or state.get("status", "running") != "running":
         return False
     host = state.get("host") or state.get("hostname")
     if host and host != socket.gethostname():
