@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -168,11 +169,13 @@ def test_a_running_loop_is_shown_and_a_dead_one_is_not(repo: Repo) -> None:
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)",
                               "loopengine", "loop"])
     try:
-        for loop_id, pid in (("20261201T000000Z-dead", 2**22 + 12345),
-                             ("20261201T000001Z-live", alive.pid)):
+        for loop_id, pid, state in (("20261201T000000Z-dead", 2**22 + 12345, "running"),
+                                    ("20261201T000001Z-live", alive.pid, "running"),
+                                    ("20261201T000002Z-done", alive.pid, "finished")):
             (loops / loop_id).mkdir(parents=True)
             (loops / loop_id / "state.json").write_text(json.dumps(
-                {"loop_id": loop_id, "task_id": "demo", "pid": pid, "iterations": 3}))
+                {"loop_id": loop_id, "task_id": "demo", "pid": pid, "iterations": 3,
+                 "status": state, "host": socket.gethostname()}))
         loop = status(repo)["tasks"][0]["loop"]
         assert loop is not None and loop["loop_id"] == "20261201T000001Z-live"
         assert loop["pid"] == alive.pid and loop["iterations"] == 3
