@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from loopengine.errors import LoopError
+from loopengine.paths import write_problem
 
 WORK_DIR = "work"
 DEFAULT_RESULTS = "work/results.jsonl"
@@ -161,10 +162,19 @@ def save_record(root: Path, results_path: str, record: Record) -> str | None:
     folder.mkdir(parents=True, exist_ok=True)
     write_atomic(folder / "record.json", (json.dumps(record.to_dict(), indent=2) + "\n").encode())
     with locked(root):
+        # Checked again now, not only when the task was loaded: a step that runs without
+        # isolation could have put a symlink to .git/hooks/pre-commit in its place since.
+        problem = write_problem(root, results_path)
+        default = Path(results_path) == Path(DEFAULT_RESULTS)
+        if problem and default:
+            raise LoopError(f"{DEFAULT_RESULTS} {problem}: the record was not appended "
+                            f"(it is in {folder.relative_to(root)}/record.json)")
         try:
+            if problem:
+                raise OSError(0, problem)
             append_line(root / results_path, line)
         except OSError as exc:
-            if Path(results_path) == Path(DEFAULT_RESULTS):
+            if default:
                 raise
             append_line(root / DEFAULT_RESULTS, line)
             return (f"{results_path}: cannot append the record ({exc.strerror}); "

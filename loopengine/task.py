@@ -236,11 +236,33 @@ def _parse(text: str, display: str) -> object:
         raise TaskError(f"{display}: {e}") from None
 
 
+def _schema() -> Any:
+    """``loopengine.schema``, imported on first use: pydantic is loaded only by a command
+    that reads a task file, once, and the dataclasses above are all the rest imports.
+
+    Its models are built with pydantic's plugins off (the documented
+    ``PYDANTIC_DISABLE_PLUGINS``): looking for them reads the metadata of every installed
+    package, and no plugin has any business hooking the validation of a task file."""
+    import sys
+
+    module = sys.modules.get("loopengine.schema")
+    if module is not None:
+        return module
+    saved = os.environ.get("PYDANTIC_DISABLE_PLUGINS")
+    os.environ["PYDANTIC_DISABLE_PLUGINS"] = "__all__"
+    try:
+        from loopengine import schema
+    finally:
+        if saved is None:
+            del os.environ["PYDANTIC_DISABLE_PLUGINS"]
+        else:
+            os.environ["PYDANTIC_DISABLE_PLUGINS"] = saved
+    return schema
+
+
 def json_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of the task file, from the pydantic models."""
-    from loopengine import schema
-
-    return schema.json_schema()
+    return _schema().json_schema()  # type: ignore[no-any-return]
 
 
 def read_document(display: str, repo_root: Path) -> tuple[dict[Any, Any], Path, Path, str]:
@@ -251,9 +273,8 @@ def read_document(display: str, repo_root: Path) -> tuple[dict[Any, Any], Path, 
     if document is None:
         raise TaskError(f"{display}: the task file is empty")
     if not isinstance(document, dict):
-        from loopengine.schema import kind
-
-        raise TaskError(f"{display}: the task file must be a mapping, got {kind(document)}")
+        kind = _schema().kind(document)
+        raise TaskError(f"{display}: the task file must be a mapping, got {kind}")
     return document, file, root, task_dir
 
 
@@ -262,10 +283,7 @@ def load_task(path: str | os.PathLike[str], repo_root: Path) -> Task:
 
     Raises ``TaskError``: its message is the first problem, ``problems`` all of them.
     """
-    # pydantic is imported here, once, and only by a command that loads a task: the
-    # dataclasses above are all that the rest of the engine and the views import.
-    from loopengine import schema
-
+    schema = _schema()
     display = os.fsdecode(path)
     document, file, root, task_dir = read_document(display, Path(repo_root))
     context = {"task_dir": task_dir, "results_path": _results_path_rule(root, file)}

@@ -277,3 +277,17 @@ def test_the_schema_is_printed_from_pydantic(repo: Repo) -> None:
     assert "$defs" not in schema and "$ref" not in json.dumps(schema)
     assert yaml.safe_load(yaml.safe_dump(schema)) == schema
     assert Path(TASK).name == "task.yaml"
+
+
+def test_a_results_path_made_unsafe_during_the_run_is_not_written(repo: Repo) -> None:
+    # An unisolated mutator plants a symlink to a hook where the records go.
+    link = repo.path / "logs" / "r.jsonl"
+    plant = f"mkdir -p {link.parent} && ln -s ../.git/hooks/pre-commit {link}"
+    use(repo, logging__results_path="logs/r.jsonl", isolation={"mode": "none"},
+        mutator__command=f"{plant} && {PY} {BIN}/append_line.py notes.md more")
+    result = repo.run()
+    rec = result.record
+    assert not (repo.path / ".git" / "hooks" / "pre-commit").exists()
+    assert repo.results() == [rec]  # the default results file took it
+    assert "logs/r.jsonl: cannot append the record (is inside .git/ (after resolving " \
+        "symlinks)); it went to work/results.jsonl" in result.stderr
