@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 import traceback
 from collections.abc import Callable
@@ -186,18 +187,24 @@ def cleanup(run: Ledger, keep_sandbox: bool) -> None:
 def finish(run: Ledger) -> Record:
     task = run.task
     results_path = task.results_path if task else DEFAULT_RESULTS
-    if run.internal_traceback:
-        run.run_dir.mkdir(parents=True, exist_ok=True)
-        (run.run_dir / "engine.log").write_text(run.internal_traceback)
     record = run.build_record()
-    faults.point("before_record")
-    warning = save_record(run.root, results_path, record)
+    try:
+        if run.internal_traceback:
+            run.run_dir.mkdir(parents=True, exist_ok=True)
+            (run.run_dir / "engine.log").write_text(run.internal_traceback)
+        faults.point("before_record")
+        warning = save_record(run.root, results_path, record)
+    except OSError as exc:
+        # work/ cannot take it (a file in the way, no space): the record is on stdout.
+        warning = (f"the record could not be saved ({exc.strerror}: {exc.filename}); "
+                   "it is only on stdout")
     if warning:
         run.message = f"{run.message}; {warning}" if run.message else warning
     if run.unfinished:
         note = f"{run.unfinished}; the next run finishes it"
         run.message = f"{run.message}; {note}" if run.message else note
     else:
-        run.alive.release()  # unfinished: it stays, so the next run finishes the keep
+        with contextlib.suppress(OSError):
+            run.alive.release()  # unfinished: it stays, so the next run finishes the keep
     run.report.finished(record)
     return record

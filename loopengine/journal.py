@@ -25,11 +25,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
 from loopengine import faults, git, sync
 from loopengine.diff import FileChange
+from loopengine.paths import write_problem
 from loopengine.results import Baseline, Record, load_baseline, locked, store_baseline
 
 NAME = "journal.jsonl"
@@ -42,11 +44,13 @@ class Journal:
         self.path = folder / NAME
 
     def write(self, step: str, **data: Any) -> None:
-        line = json.dumps({"step": step, **data}, ensure_ascii=False, allow_nan=False)
+        # ASCII: a path with a byte that is not UTF-8, or a lone surrogate, reads back
+        # exactly (as a \\udcff escape) instead of making the line unwritable.
+        line = json.dumps({"step": step, **data}, ensure_ascii=True, allow_nan=False)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            os.write(fd, line.encode("utf-8", "surrogateescape") + b"\n")
+            os.write(fd, line.encode("ascii") + b"\n")
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -137,8 +141,13 @@ def finish(root: Path, folder: Path, lines: list[dict[str, Any]] | None = None
         return None
     steps = {x.get("step") for x in lines}
     repo = git.repo_info(root)
-    changes = [FileChange(**f) for f in intent["changes"]]
+    changes = trusted_changes(root, intent["changes"])
     run_id = str(intent["record"]["run_id"])
+    if run_id != folder.name:
+        raise ValueError(f"the journal names run {run_id!r}, not {folder.name!r}")
+    task_id = intent["record"]["task_id"]
+    if not isinstance(task_id, str) or not re.fullmatch(r"[A-Za-z0-9._-]+", task_id):
+        raise ValueError(f"the journal names no valid task id ({task_id!r})")
     staged = sync.staged_for(root, repo, run_id, changes, index=bool(intent.get("commits")))
     commit = _committed(repo, intent, lines)
     if commit is False:
@@ -156,6 +165,30 @@ def finish(root: Path, folder: Path, lines: list[dict[str, Any]] | None = None
                                _baseline(intent["baseline"]))
         Journal(folder).write("baseline", by="recovery")
     return (commit or None), notes
+
+
+def trusted_changes(root: Path, items: Any) -> list[FileChange]:
+    """The journal's changes, read as strictly as a task file: ``work/`` is writable by a
+    step, so a journal could name any path.  Only paths an artifact could have: relative,
+    inside the repository after symlinks, never in ``.git/``, ``.venv/`` or ``work/``."""
+    if not isinstance(items, list):
+        raise ValueError("the journal's changes are not a list")
+    changes = []
+    for item in items:
+        f = FileChange(**item)
+        problem = write_problem(root, f.path) if isinstance(f.path, str) else "is not a path"
+        if problem == "is an executable file" and f.new_mode == "100755":
+            problem = None
+        top = f.path.split("/", 1)[0] if isinstance(f.path, str) else ""
+        if problem is None and top in ("work", ".git", ".venv", ".pytest_cache"):
+            problem = f"is inside {top}/"
+        if problem is not None:
+            raise ValueError(f"the journal names {f.path!r}, which {problem}")
+        for sha in (f.old_sha, f.new_sha):
+            if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", sha):
+                raise ValueError(f"the journal names no object ({sha!r})")
+        changes.append(f)
+    return changes
 
 
 def _committed(repo: git.RepoInfo, intent: dict[str, Any], lines: list[dict[str, Any]]

@@ -229,7 +229,7 @@ def measure(task: Task, evaluate: Measures, how: Plan, m: Measurement, *, has_ch
     measured when a step fails half-way."""
     try:
         if how.source == "none" or not has_change:
-            _measure_alone(task, evaluate, how, m, has_change)
+            _measure_alone(task, evaluate, how, m, has_change, time_left)
         else:
             _measure_against(task, evaluate, m, time_left)
     except _ArtifactChanged as exc:
@@ -239,14 +239,17 @@ def measure(task: Task, evaluate: Measures, how: Plan, m: Measurement, *, has_ch
 
 
 def _measure_alone(task: Task, evaluate: Measures, how: Plan, m: Measurement,
-                   has_change: bool) -> None:
+                   has_change: bool, time_left: Callable[[], float]) -> None:
     """No comparison to make: an unchanged candidate, or no baseline at all."""
     policy = task.policy
     settled = how.source == "stored" and not has_change
     refused = how.source == "none" and has_change and not policy.keep_when_no_baseline
     # What is measured here becomes the baseline: it gets every run the policy allows.
     runs = 1 if settled or refused else policy.repeats
-    for _ in range(runs):
+    for i in range(runs):
+        # Repeats fill the budget, never overrun it: what was measured in time counts.
+        if i and time_left() < BUDGET_MARGIN * evaluate.longest:
+            break
         if not _candidate(task, evaluate, m):
             return
     if how.source == "remeasured":  # the unchanged candidate is the baseline

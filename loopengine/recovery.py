@@ -17,11 +17,13 @@ import dataclasses
 import fcntl
 import json
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from loopengine import faults, journal
+from loopengine import faults, git, journal
 from loopengine.errors import LoopError
+from loopengine.paths import write_problem
 from loopengine.process import kill_tagged
 from loopengine.results import (
     DEFAULT_RESULTS,
@@ -29,6 +31,7 @@ from loopengine.results import (
     append_line,
     iso_utc,
     locked,
+    printable,
     run_dir,
     save_record,
 )
@@ -97,10 +100,38 @@ def clean_leftovers(root: Path, own_run_id: str) -> list[str]:
     for name in names:
         if name == own_run_id:
             continue
+        if not _valid_run_id(name):
+            # Not a run of ours (a step can write here): never read, only forgotten.
+            with contextlib.suppress(OSError):
+                (active / name).unlink()
+            continue
         if _is_dead(root, name):
-            _clean(root, name, own_run_id)
+            try:
+                _clean(root, name, own_run_id)
+            except (LoopError, OSError, ValueError) as exc:
+                # One run's leftovers that cannot be cleaned must not wedge every later
+                # run: say so once, and forget it.
+                _give_up(root, name, own_run_id, exc)
             cleaned.append(name)
     return cleaned
+
+
+_RUN_ID = re.compile(r"\d{8}T\d{12}Z-[0-9a-f]{6}")
+
+
+def _valid_run_id(name: str) -> bool:
+    return _RUN_ID.fullmatch(name) is not None
+
+
+def _give_up(root: Path, run_id: str, own_run_id: str, exc: BaseException) -> None:
+    record = _lost_record(run_id, {}, own_run_id)
+    record = dataclasses.replace(record, reason=f"{record.reason}; its leftovers could not "
+                                 f"be cleaned up ({type(exc).__name__}: {exc})")
+    with contextlib.suppress(LoopError, OSError, ValueError):
+        if not _has_line(root / DEFAULT_RESULTS, run_id):
+            save_record(root, DEFAULT_RESULTS, record)
+    with contextlib.suppress(OSError):
+        (root / ACTIVE / run_id).unlink()
 
 
 def _is_dead(root: Path, run_id: str) -> bool:
@@ -135,7 +166,7 @@ def _clean(root: Path, run_id: str, own_run_id: str) -> None:
 def _settle_record(root: Path, run_id: str, own_run_id: str) -> None:
     """Make sure the dead run's record is in its results file, exactly once."""
     folder = run_dir(root, run_id)
-    meta = _read_json(folder / "meta.json") or {}
+    meta = trusted_meta(root, _read_json(folder / "meta.json") or {})
     results_path = str(meta.get("results_path") or DEFAULT_RESULTS)
     saved = _read_json(folder / "record.json")
     if saved is not None and saved.get("status") == "keep":
@@ -145,7 +176,7 @@ def _settle_record(root: Path, run_id: str, own_run_id: str) -> None:
         # Killed between record.json and the results line: append the line it lacks
         # (where save_record would have put it: the default file if the task's is unusable).
         if not any(_has_line(root / p, run_id) for p in (results_path, DEFAULT_RESULTS)):
-            line = json.dumps(saved, ensure_ascii=False, separators=(",", ":"),
+            line = json.dumps(printable(saved), ensure_ascii=False, separators=(",", ":"),
                               allow_nan=False)
             with locked(root):
                 try:
@@ -165,6 +196,33 @@ def _settle_record(root: Path, run_id: str, own_run_id: str) -> None:
         record = _lost_record(run_id, meta, own_run_id)
     faults.point("recovery_before_record")
     save_record(root, results_path, record)
+
+
+TASK_ID = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def trusted_meta(root: Path, meta: dict[str, object]) -> dict[str, object]:
+    """A dead run's ``meta.json`` as recovery may use it.  It lies in ``work/``, which a
+    step can write, so it is read as strictly as a task file: a ``task_id`` that is no task
+    id is dropped, and a ``results_path`` where a task file could not point (``.git/``, a
+    hook, an executable, a directory, outside the repository) falls back to the default."""
+    task_id = meta.get("task_id")
+    results_path = meta.get("results_path")
+    safe: dict[str, object] = {}
+    if isinstance(task_id, str) and TASK_ID.fullmatch(task_id) and task_id not in (".", ".."):
+        safe["task_id"] = task_id
+    if isinstance(results_path, str) and write_problem(root, results_path) is None \
+            and results_path.split("/", 1)[0] not in (".git", ".venv") \
+            and not _tracked(root, results_path):
+        safe["results_path"] = results_path
+    return safe
+
+
+def _tracked(root: Path, rel: str) -> bool:
+    """Whether git tracks ``rel`` (a record appended to a tracked file is a change)."""
+    proc = git.run(git.Context(root), "--literal-pathspecs", "ls-files", "-z", "--", rel,
+                   check=False)
+    return bool(proc.stdout.strip(b"\0"))
 
 
 def _has_line(path: Path, run_id: str) -> bool:
@@ -187,8 +245,13 @@ def _remove_sandbox(root: Path, run_id: str) -> None:
     prefix = f"{sandbox.PREFIX}{run_id}-"
     bases = set()
     info = _read_json(folder / "sandbox.json")
-    if info and Path(str(info.get("base", ""))).name.startswith(prefix):
-        bases.add(Path(str(info["base"])))
+    if info and isinstance(info.get("base"), str):
+        base = Path(str(info["base"]))
+        # Only a folder of this run's name right under the sandbox root: sandbox.json is
+        # a file a step can write.
+        if base.name.startswith(prefix) and base.parent == sandbox.sandbox_root() \
+                and ".." not in base.parts:
+            bases.add(base)
     with contextlib.suppress(OSError):
         bases.update(p for p in sandbox.sandbox_root().iterdir() if p.name.startswith(prefix))
     common = _common_dir(root)

@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import json
+import math
 import os
 import secrets
 from collections.abc import Iterator
@@ -59,12 +60,47 @@ class Record:
         data = asdict(self)
         extra = data.pop("extra")
         data.update(extra)
-        return data
+        return printable(data)
 
     def to_json(self) -> str:
         return json.dumps(
             self.to_dict(), ensure_ascii=False, separators=(",", ":"), allow_nan=False
         )
+
+
+def printable(value: Any) -> Any:
+    """``value`` with every string made writable as UTF-8, so that no input can make the
+    record unwritable: a lone surrogate (``"\\ud800"`` in a scorer's JSON) becomes the
+    text ``\\ud800``, a byte of a file name that is not UTF-8 (read with surrogateescape)
+    becomes ``\\xff``; a float that JSON cannot hold (NaN, infinities) becomes null."""
+    if isinstance(value, str):
+        return _printable_text(value)
+    if isinstance(value, dict):
+        return {(_printable_text(k) if isinstance(k, str) else k): printable(v)
+                for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [printable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _printable_text(text: str) -> str:
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 # ---------------------------------------------------------------------------
@@ -94,7 +130,7 @@ def append_line(path: Path, line: str) -> None:
     so it never merges with this record.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = line.rstrip("\n").encode("utf-8") + b"\n"
+    data = line.rstrip("\n").encode("utf-8", "backslashreplace") + b"\n"
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         size = os.fstat(fd).st_size
@@ -146,6 +182,41 @@ def read_records(path: Path) -> tuple[list[dict[str, Any]], int]:
 # Run folders
 
 
+class WorkspaceError(LoopError):
+    """``work/`` cannot hold what a run writes: one line that says what to fix."""
+
+    crash_kind = "config"
+
+
+_FOLDERS = ("work", "work/runs", "work/runs/.active", "work/baselines")
+_LOCKS = (LOCK_NAME, ".recover.lock", ".worktree.lock", ".tripwire.lock")
+
+
+def workspace_problem(root: Path) -> str | None:
+    """Why ``work/`` cannot be used (a file, a dangling link, not writable), or None."""
+    for rel in _FOLDERS:
+        path = root / rel
+        if not os.path.lexists(path):
+            continue
+        if path.is_symlink() and not path.exists():
+            return f"{rel} is a symbolic link to nothing ({os.readlink(path)}); remove it"
+        if not path.is_dir():
+            return f"{rel} is a file, not a folder; move it away"
+        if not os.access(path, os.W_OK | os.X_OK):
+            return f"{rel} is not writable; fix its permissions"
+    for name in _LOCKS:
+        path = root / WORK_DIR / name
+        if os.path.lexists(path) and (path.is_symlink() or not path.is_file()):
+            return f"{WORK_DIR}/{name} (a lock file) is not a regular file; remove it"
+    return None
+
+
+def require_workspace(root: Path) -> None:
+    problem = workspace_problem(root)
+    if problem is not None:
+        raise WorkspaceError(f"cannot run: {problem}")
+
+
 def run_dir(root: Path, run_id: str) -> Path:
     return root / WORK_DIR / "runs" / run_id
 
@@ -160,7 +231,8 @@ def save_record(root: Path, results_path: str, record: Record) -> str | None:
     line = record.to_json()
     folder = run_dir(root, record.run_id)
     folder.mkdir(parents=True, exist_ok=True)
-    write_atomic(folder / "record.json", (json.dumps(record.to_dict(), indent=2) + "\n").encode())
+    write_atomic(folder / "record.json",
+                 (json.dumps(record.to_dict(), indent=2, ensure_ascii=False) + "\n").encode())
     with locked(root):
         # Checked again now, not only when the task was loaded: a step that runs without
         # isolation could have put a symlink to .git/hooks/pre-commit in its place since.
@@ -217,22 +289,38 @@ def load_baseline(root: Path, task_id: str) -> Baseline | None:
         data = json.loads(path.read_bytes())
         if data is None:
             return None
+        if not isinstance(data, dict):
+            raise TypeError(f"a JSON {type(data).__name__}, not an object")
+        scores = data.get("scores", ())
+        if not isinstance(scores, list | tuple):
+            raise TypeError("scores is not a list")
         return Baseline(
-            score=float(data["score"]),
+            score=_finite(data["score"], "score"),
             artifacts=str(data["artifacts"]),
             run_id=str(data["run_id"]),
             fingerprint=data.get("fingerprint"),
-            scores=tuple(float(s) for s in data.get("scores", ())),
+            scores=tuple(_finite(s, "scores") for s in scores),
             metrics=_metrics(data.get("metrics", {})),
         )
     except FileNotFoundError:
         return None
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, OSError) as exc:
         # A damaged store must never read as "no baseline": that would keep anything.
+        why = exc.strerror if isinstance(exc, OSError) else exc
         raise BaselineStoreError(
-            f"{path.relative_to(root)}: damaged baseline store ({exc}); "
+            f"{path.relative_to(root)}: damaged baseline store ({why}); "
             "delete it to measure a new baseline"
         ) from exc
+
+
+def _finite(value: Any, name: str) -> float:
+    """A stored score: a finite number (json reads NaN and Infinity without a word)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} is {type(value).__name__}, not a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} is {value}, not a finite number")
+    return number
 
 
 def _metrics(value: Any) -> dict[str, Any]:

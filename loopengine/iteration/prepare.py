@@ -18,7 +18,7 @@ from loopengine import patch as patch_mod
 from loopengine.errors import SandboxError
 from loopengine.iteration.common import Candidate, Ledger, StepCrash, Steps, Verdict
 from loopengine.process import StepResult, log_tail
-from loopengine.results import load_baseline
+from loopengine.results import load_baseline, require_workspace
 from loopengine.task import load_task
 
 _NESTED_NO_COMMIT = re.compile(r"error: '([^\n]+?)' does not have a commit checked out")
@@ -29,6 +29,7 @@ def prepare(run: Ledger, task_path: str, *, patch_file: Path | None = None,
     """Make the candidate; a :class:`Verdict` or :class:`StepCrash` ends the iteration."""
     assert run.guard is not None
     run.guard.raise_pending()  # a signal that came while Python was starting
+    require_workspace(run.root)  # work/ a file, a dangling link: one line, not a traceback
     run.alive.claim()
     recovery.clean_leftovers(run.root, run.run_id)
     run.task = task = load_task(task_path, run.root)
