@@ -162,7 +162,8 @@ def save_ref(run: Ledger) -> None:
             reason=decision.reason or decision.status, summary=run.stats.summary,
             start_commit=sb.head,
             changes=refs.saved_changes(task, run.stats.files, decision.violations),
-            score=run.score, baseline=run.baseline.score if run.baseline else None)
+            score=run.score, baseline=run.baseline.score if run.baseline else None,
+            scratch=sb.base)
     except LoopError as exc:
         warning = f"the candidate's ref was not saved: {exc}"
         run.message = f"{run.message}; {warning}" if run.message else warning

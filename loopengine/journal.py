@@ -123,6 +123,7 @@ def complete(root: Path, folder: Path, recovered_by: str) -> Record | None:
     commit, notes = finished
     data = dict(intent["record"])
     data["commit"] = commit
+    data["ref"] = saved_ref(root, str(data.get("task_id")), folder.name)
     note = f"the engine was killed after the keep was committed; run {recovered_by} finished it"
     if notes:
         note += f"; {', '.join(notes)} changed meanwhile and kept their content"
@@ -165,6 +166,15 @@ def finish(root: Path, folder: Path, lines: list[dict[str, Any]] | None = None
                                _baseline(intent["baseline"]))
         Journal(folder).write("baseline", by="recovery")
     return (commit or None), notes
+
+
+def saved_ref(root: Path, task_id: str | None, run_id: str) -> str | None:
+    """The dead run's candidate ref, if it saved one before it was killed."""
+    if not task_id or not re.fullmatch(r"[A-Za-z0-9._-]+", task_id):
+        return None
+    name = f"refs/loopengine/{task_id}/{run_id}"
+    proc = git.run(git.Context(root), "rev-parse", "-q", "--verify", name, check=False)
+    return name if proc.returncode == 0 else None
 
 
 def trusted_changes(root: Path, items: Any) -> list[FileChange]:

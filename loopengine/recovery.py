@@ -194,6 +194,9 @@ def _settle_record(root: Path, run_id: str, own_run_id: str) -> None:
                                      f"work/runs/{run_id}/journal.jsonl")
     if record is None:
         record = _lost_record(run_id, meta, own_run_id)
+        ref = journal.saved_ref(root, record.task_id, run_id)
+        if ref:
+            record = dataclasses.replace(record, extra={**record.extra, "ref": ref})
     faults.point("recovery_before_record")
     save_record(root, results_path, record)
 

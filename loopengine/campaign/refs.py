@@ -21,6 +21,7 @@ from loopengine import decide as decide_mod
 from loopengine import git
 from loopengine.diff import FileChange
 from loopengine.errors import GitError
+from loopengine.results import printable
 from loopengine.task import Task, match_artifact
 
 PREFIX = "refs/loopengine/"
@@ -53,10 +54,13 @@ class Saved:
 
 def save(repo: git.RepoInfo, source: git.Context, *, task: Task, run_id: str, status: str,
          reason: str, summary: str, start_commit: str, changes: Sequence[FileChange],
-         score: float | None, baseline: float | None) -> Saved:
-    """Write the candidate's commit and point its ref at it; blobs come from ``source``."""
+         score: float | None, baseline: float | None, scratch: Path | None = None) -> Saved:
+    """Write the candidate's commit and point its ref at it; blobs come from ``source``.
+
+    The temporary index lives in ``scratch`` (the sandbox's folder, which recovery removes
+    after a SIGKILL), never loose in $TMPDIR."""
     promote(repo, source, [f.new_sha for f in changes if f.status != "D"])
-    with tempfile.TemporaryDirectory(prefix="loopengine-ref-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="loopengine-ref-", dir=scratch) as tmp:
         ctx = repo.ctx.with_index(Path(tmp) / "index")
         git.run(ctx, "read-tree", start_commit)
         if changes:
@@ -70,17 +74,17 @@ def save(repo: git.RepoInfo, source: git.Context, *, task: Task, run_id: str, st
                f"Loopengine-Baseline: {decide_mod.fmt(baseline)}\n"
                f"Loopengine-Status: {status}\n")
     commit = git.run(repo.ctx, "commit-tree", tree, "-p", start_commit, "-F", "-",
-                     input=message.encode("utf-8"), env=git.identity(repo.ctx)
+                     input=printable(message).encode("utf-8"), env=git.identity(repo.ctx)
                      ).stdout.decode().strip()
     ref = ref_name(task.id, run_id)
     git.run(repo.ctx, "update-ref", "--no-deref", "-m", f"loopengine: {status} {run_id}",
-            ref, commit, git.NULL_SHA)
+            ref, commit, git.null_sha(repo))
     return Saved(ref, commit)
 
 
 def promote(repo: git.RepoInfo, source: git.Context, shas: Sequence[str]) -> None:
     """Copy into the user's object store the blobs it lacks (only these, one by one)."""
-    wanted = [s for s in dict.fromkeys(shas) if s and s != git.NULL_SHA]
+    wanted = [s for s in dict.fromkeys(shas) if s and s.strip("0")]
     if not wanted:
         return
     listed = git.run(repo.ctx, "cat-file", "--batch-check=%(objectname)",
@@ -98,7 +102,7 @@ def _index_info(changes: Sequence[FileChange]) -> bytes:
     lines = []
     for f in changes:
         if f.status == "D":
-            lines.append(f"0 {git.NULL_SHA}\t{f.path}")
+            lines.append(f"0 {'0' * len(f.old_sha)}\t{f.path}")
         else:
             lines.append(f"{f.new_mode} {f.new_sha}\t{f.path}")
     return "\0".join(lines).encode("utf-8", "surrogateescape") + b"\0"
