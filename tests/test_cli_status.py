@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import re
 import socket
 import subprocess
 import sys
@@ -184,3 +187,28 @@ def test_a_running_loop_is_shown_and_a_dead_one_is_not(repo: Repo) -> None:
         alive.kill()
         alive.wait()
     assert status(repo)["tasks"][0]["loop"] is None
+
+
+def test_a_terminal_gets_a_rich_table(repo: Repo, campaign: dict[str, Any]) -> None:
+    """stdout a terminal: colours and the same facts (rich is only imported then)."""
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "loopengine", "status"], cwd=repo.path,
+                            stdout=follower, stderr=subprocess.PIPE,
+                            env={**os.environ, "COLUMNS": "200", "TERM": "xterm"})
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the terminal's other end closed
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    assert proc.wait(timeout=60) == 0
+    text = b"".join(chunks).decode()
+    assert "\x1b[" in text
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    assert "current: the next run compares with it" in plain
+    assert "keeps 2, discards 1, crashes 2 (mutator 1, runner 1)" in plain
