@@ -112,10 +112,18 @@ def test_plain_text_when_piped(repo: Repo, campaign: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("change", ["evaluating file, uncommitted", "evaluating file, committed",
                                     "artifact", "scorer section", "description only",
-                                    "untouched"])
+                                    "untouched", "untracked file, untouched",
+                                    "untracked file, edited"])
 def test_current_is_what_the_next_run_decides(repo: Repo, tmp_path: Path,
                                               campaign: dict[str, Any], change: str) -> None:
-    if change.startswith("evaluating file"):
+    if change.startswith("untracked file"):
+        # Present when the baseline was measured: the engine's start tree holds it.
+        repo.write("data.txt", "scratch\n")
+        repo.run("--patch", str(propose(repo, tmp_path, "x\n", "measure")))
+        assert status(repo)["tasks"][0]["baseline"]["current"] is True
+        if change.endswith("edited"):
+            repo.write("data.txt", "scratch, edited\n")
+    elif change.startswith("evaluating file"):
         repo.write("README.md", "a project, changed\n")
         if change.endswith(", committed"):
             repo.commit("readme")
@@ -129,7 +137,7 @@ def test_current_is_what_the_next_run_decides(repo: Repo, tmp_path: Path,
         repo.write_task(default_task(runner__command='test -z "$FAIL_RUNNER"',
                                      description="said differently"))
     base = status(repo)["tasks"][0]["baseline"]
-    expected = change in ("description only", "untouched")
+    expected = change in ("description only", "untouched", "untracked file, untouched")
     assert base["current"] is expected, base["why"]
     if change == "artifact":
         assert "artifacts changed" in base["why"]

@@ -205,7 +205,9 @@ def is_current(root: Path, task: Task | None, artifacts: str, stored_fingerprint
     now = head.fingerprint(task)
     if now is None:
         return None, head.problem
-    if now != stored_fingerprint:
+    # The engine's start tree holds the untracked files too: only when the cheap reading
+    # differs are they listed (git's own scan of the folders) to tell a change from them.
+    if now != stored_fingerprint and head.fingerprint(task, untracked=True) != stored_fingerprint:
         return False, ("the evaluation changed since it was measured (runner, scorer, "
                        "objective, constraints or the files that evaluate); "
                        "the next run measures the baseline again")
@@ -222,18 +224,35 @@ class _Head:
         self.ctx: git.Context | None = None
         self._tree: str | None = None
         self._dirty: dict[str, bytes | None] = {}
+        self._untracked: dict[str, bytes | None] | None = None
 
-    def fingerprint(self, task: Task) -> str | None:
+    def fingerprint(self, task: Task, untracked: bool = False) -> str | None:
+        """The fingerprint the next run would compute, from HEAD and the tracked changes
+        (and with ``untracked``, the untracked files that git does not ignore)."""
         from loopengine import fingerprint
 
         if not self._read:
             self._load()
         if self._tree is None or self.ctx is None:
             return None
+        dirty = self._dirty
+        if untracked:
+            if self._untracked is None:
+                self._untracked = self._list_untracked()
+            dirty = {**dirty, **self._untracked}
         entries = fingerprint.files(task, self.ctx, self._tree)
-        if self._dirty:
-            entries = self._overlay(task, entries)
+        if dirty:
+            entries = self._overlay(task, entries, dirty)
         return fingerprint.digest(task, entries)
+
+    def _list_untracked(self) -> dict[str, bytes | None]:
+        from loopengine import git
+
+        assert self.ctx is not None
+        # The same paths the sandbox lays over HEAD: never work/ or a virtualenv.
+        out = git.run(self.ctx, "ls-files", "-z", "--others", "--exclude-standard", "--",
+                      ".", *(f":(exclude,top){name}" for name in sorted(_RUNTIME))).stdout
+        return self._entries(git.split_z(out))
 
     def _load(self) -> None:
         from loopengine import git
@@ -277,13 +296,14 @@ class _Head:
                 found[rel] = _entry(mode, sha, rel)
         return found
 
-    def _overlay(self, task: Task, entries: list[bytes]) -> list[bytes]:
+    def _overlay(self, task: Task, entries: list[bytes],
+                 dirty: dict[str, bytes | None]) -> list[bytes]:
         from loopengine import fingerprint
 
         out: dict[str, bytes] = {}
         for entry in entries:
             out[entry.partition(b"\t")[2].decode("utf-8", "surrogateescape")] = entry
-        for rel, entry in self._dirty.items():
+        for rel, entry in dirty.items():
             if rel in out:
                 if entry is None:
                     del out[rel]
