@@ -12,9 +12,10 @@ decided the way the next ``run`` would decide it, cheaply --
   it (``git diff-index``, which stats the tracked files but reads no folder, then
   ``git hash-object`` of just those files, nothing written).
 
-Untracked files are not seen (finding them would walk the tree): a new untracked file
-that the fingerprint would cover makes the next run measure the baseline again although
-``status`` said current.
+Only when that reading differs are the untracked files listed (``git ls-files
+--others``, git's scan of the folders), because the sandbox a run starts from holds them
+too.  So a new untracked file made after the measurement, with no other change, is not
+seen: the next run measures the baseline again although ``status`` said current.
 
 rich is imported only when stdout is a terminal: piped, the output is plain text.
 """
