@@ -3,8 +3,8 @@
 Everything is read from what runs left behind: the records (``work/results.jsonl``), the
 baseline store (``work/baselines/<task_id>.json``), the task files under
 ``tasks/*/task.yaml`` and the loops' state (``work/loops/<loop_id>/state.json``).  No
-step runs and the tree is never walked: whether a stored baseline is still *current* is
-decided the way the next ``run`` would decide it, cheaply --
+step runs, and in the common case the tree is not walked: whether a stored baseline is
+still *current* is decided the way the next ``run`` would decide it, cheaply --
 
 - its artifact digest against the artifact files on disk (only those files are read);
 - its evaluation fingerprint against one computed from HEAD's tree (one ``git ls-tree``,
