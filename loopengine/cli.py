@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-if sys.argv[1:2] == ["run"] or sys.argv[0].endswith("run_task.py"):
+if sys.argv[1:2] in (["run"], ["loop"]) or sys.argv[0].endswith("run_task.py"):
     # Before the heavier imports: a signal sent while Python starts still ends in a
     # record and exit status 130 / 143, not a traceback.
     from loopengine import faults
@@ -278,6 +278,51 @@ def verify(commit: str, task_path: str | None, verbose: bool, repo: str | None) 
 
 # --- campaigns: batches, loop, gc, show --apply (issue 12) ---------------------------
 # (commands of this section go here)
+
+
+@main.command()
+@click.option("--task", "task_path", type=str,
+              help="Path to the task file (not needed with --resume).")
+@click.option("--iterations", type=click.IntRange(min=1), metavar="N",
+              help="Stop after N iterations (a batch is one iteration).")
+@click.option("--max-seconds", type=click.FloatRange(min=0, min_open=True), metavar="S",
+              help="Start no iteration after S seconds of the loop (resumes included).")
+@click.option("--patience", type=click.IntRange(min=1), metavar="P",
+              help="Stop after P iterations in a row without a keep.")
+@click.option("--target", type=float, metavar="SCORE",
+              help="Stop once the best score reaches SCORE (in the objective's direction).")
+@click.option("--max-crashes", type=click.IntRange(min=1), default=3, show_default=True,
+              metavar="K", help="Stop (exit 1) after K iterations in a row that crashed.")
+@click.option("--candidates", type=click.IntRange(min=1), default=1, show_default=True,
+              metavar="N", help="Each iteration a batch of N mutator candidates.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              metavar="J", help="Evaluate up to J candidates of a batch at once.")
+@click.option("--resume", "resume", metavar="LOOP_ID",
+              help="Continue a stopped or killed loop with what is left of its budget.")
+@click.option("-v", "--verbose", is_flag=True, help="Show each step on stderr.")
+@REPO_OPTION
+def loop(task_path: str | None, iterations: int | None, max_seconds: float | None,
+         patience: int | None, target: float | None, max_crashes: int, candidates: int,
+         jobs: int, resume: str | None, verbose: bool, repo: str | None) -> None:
+    """Run iterations of one task until a stop rule holds.
+
+    Stops on --iterations, --max-seconds, --patience, --target, --max-crashes, or a file
+    work/loops/<loop_id>/STOP.  Each iteration writes its ordinary record; stdout is one
+    summary line at the end.  Exit 0; 1 when it stopped on --max-crashes; 130 / 143 on
+    SIGINT / SIGTERM (the running iteration ends as `run` would, the state is saved).
+    """
+    from loopengine.commands.loop import loop as loop_command
+
+    if resume is None and not task_path:
+        raise click.UsageError("--task is required (or --resume LOOP_ID)")
+    if resume is not None and (task_path or iterations or max_seconds or patience
+                               or target is not None):
+        raise click.UsageError("--resume continues a loop with its own task and stop "
+                               "rules; give no others")
+    sys.exit(loop_command(task_path or "", repo_root(repo), iterations=iterations,
+                          max_seconds=max_seconds, patience=patience, target=target,
+                          max_crashes=max_crashes, candidates=candidates, jobs=jobs,
+                          resume=resume, verbose=verbose))
 
 
 # --- views: status, report, mcp (issue 14) ---------------------------------------------

@@ -48,10 +48,11 @@ class Options:
     patch_file: Path | None = None
     keep_sandbox: bool = False
     reporter: Reporter = field(default_factory=Reporter)
+    run_id: str | None = None  # chosen by the caller (a loop notes it before it starts)
 
 
 def run_iteration(opts: Options) -> Outcome:
-    run = Ledger(opts.repo_root, opts.reporter)
+    run = Ledger(opts.repo_root, opts.reporter, run_id=opts.run_id)
 
     def stages() -> None:
         cand = prepare(run, opts.task_path, patch_file=opts.patch_file,

@@ -51,6 +51,8 @@ class BatchOptions:
     candidates: int = 0  # with no patches: run the mutator this many times
     jobs: int = 1
     reporter: Reporter = field(default_factory=Reporter)
+    run_ids: tuple[str, ...] = ()  # chosen by the caller (a loop notes them first)
+    batch_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,16 @@ class _Slot:
     ev: Evaluation | None = None
 
 
+def planned_run_ids(count: int) -> list[str]:
+    """Run ids for ``count`` candidates, sorting in candidate order."""
+    ids: list[str] = []
+    while len(ids) < count:
+        run_id = new_run_id()
+        if not ids or run_id[:22] > ids[-1][:22]:
+            ids.append(run_id)
+    return ids
+
+
 def corrected_confidence(confidence: float, compared: int) -> float:
     """Bonferroni: the chance that any of ``compared`` candidates is a false keep stays
     below ``1 - confidence``."""
@@ -78,12 +90,11 @@ def corrected_confidence(confidence: float, compared: int) -> float:
 
 def run_batch(opts: BatchOptions) -> BatchOutcome:
     count = len(opts.patches) or opts.candidates
-    batch_id = new_run_id()
-    slots: list[_Slot] = []
-    for i in range(count):
-        slots.append(_Slot(i, Ledger(opts.repo_root, opts.reporter, batch_id=batch_id),
-                           opts.patches[i] if opts.patches else None))
-        time.sleep(1e-6)  # run ids sort in candidate order
+    batch_id = opts.batch_id or new_run_id()
+    run_ids = list(opts.run_ids) or planned_run_ids(count)
+    slots = [_Slot(i, Ledger(opts.repo_root, opts.reporter, run_id=run_ids[i],
+                             batch_id=batch_id), opts.patches[i] if opts.patches else None)
+             for i in range(count)]
     signum: int | None = None
     with SignalGuard() as guard, cf.ThreadPoolExecutor(
             max_workers=max(1, opts.jobs), thread_name_prefix="loopengine-candidate") as pool:
