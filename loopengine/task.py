@@ -16,6 +16,7 @@ import functools
 import os
 import re
 import stat
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,16 +249,20 @@ def _schema() -> Any:
     module = sys.modules.get("loopengine.schema")
     if module is not None:
         return module
-    saved = os.environ.get("PYDANTIC_DISABLE_PLUGINS")
-    os.environ["PYDANTIC_DISABLE_PLUGINS"] = "__all__"
-    try:
-        from loopengine import schema
-    finally:
-        if saved is None:
-            del os.environ["PYDANTIC_DISABLE_PLUGINS"]
-        else:
-            os.environ["PYDANTIC_DISABLE_PLUGINS"] = saved
+    with _SCHEMA_LOCK:  # two threads must not restore each other's saved value
+        saved = os.environ.get("PYDANTIC_DISABLE_PLUGINS")
+        os.environ["PYDANTIC_DISABLE_PLUGINS"] = "__all__"
+        try:
+            from loopengine import schema
+        finally:
+            if saved is None:
+                del os.environ["PYDANTIC_DISABLE_PLUGINS"]
+            else:
+                os.environ["PYDANTIC_DISABLE_PLUGINS"] = saved
     return schema
+
+
+_SCHEMA_LOCK = threading.Lock()
 
 
 def json_schema() -> dict[str, Any]:

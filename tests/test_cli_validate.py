@@ -291,3 +291,21 @@ def test_a_results_path_made_unsafe_during_the_run_is_not_written(repo: Repo) ->
     assert repo.results() == [rec]  # the default results file took it
     assert "logs/r.jsonl: cannot append the record (is inside .git/ (after resolving " \
         "symlinks)); it went to work/results.jsonl" in result.stderr
+
+
+def test_run_with_a_runner_that_changes_the_artifact(repo: Repo) -> None:
+    use(repo, runner__command="echo changed >> notes.md")
+    result = validate(repo, "--run")
+    assert result.code == 1
+    assert lines(result) == [
+        "loopengine: the runner or scorer changed an artifact while measuring the baseline; "
+        "every candidate would be discarded (\"an artifact changed after validation\")"]
+    assert repo.read("tasks/demo/notes.md") == "first\n"
+
+
+def test_run_with_a_scorer_that_prints_garbage(repo: Repo) -> None:
+    use(repo, scorer__command="echo not json")
+    result = validate(repo, "--run")
+    assert result.code == 1
+    assert lines(result)[0].startswith("loopengine: the baseline could not be evaluated: "
+                                       "crash (scorer): ")

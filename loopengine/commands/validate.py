@@ -377,6 +377,11 @@ def run_baseline(root: Path, task_path: str, task: Task, verbose: bool) -> int:
         if exc.tail:
             click.echo(exc.tail.rstrip("\n"), err=True)
         return 1
+    except measure._ArtifactChanged:  # what run turns into a discard of every candidate
+        click.echo("loopengine: the runner or scorer changed an artifact while measuring the "
+                   "baseline; every candidate would be discarded (\"an artifact changed after "
+                   "validation\")", err=True)
+        return 1
     finally:
         reporter.close()
         if it is not None:
