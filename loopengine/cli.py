@@ -22,13 +22,17 @@ import click
 from loopengine.errors import LoopError
 
 
-def repo_root(repo: str | None) -> Path:
-    """``--repo DIR``; else the git top level of the current directory; else the cwd."""
+def repo_root(repo: str | None, *, whole: bool = True) -> Path:
+    """``--repo DIR``; else the git top level of the current directory; else the cwd.
+
+    ``whole``: ``--repo`` must not be a subfolder of a git repository (commands that run
+    steps or write); the commands that only read records take any folder.
+    """
     from loopengine import git
 
     if repo is not None:
         root = Path(repo).resolve()
-        top = git.toplevel(root)
+        top = git.toplevel(root) if whole else None
         if top is not None and top.resolve() != root:
             # A subfolder is neither the repository (its keeps could not be committed
             # alone) nor a plain folder (its work/ would be untracked junk in the user's
@@ -150,7 +154,8 @@ def show(run_id: str, repo: str | None, patch_only: bool, color: str, lines: int
     """
     from loopengine.commands.show import show as show_command
 
-    show_command(repo_root(repo), run_id, patch_only=patch_only, color=color, lines=lines)
+    show_command(repo_root(repo, whole=False), run_id, patch_only=patch_only, color=color,
+                 lines=lines)
 
 
 @main.command()
@@ -164,7 +169,7 @@ def history(task_id: str | None, as_json: bool, repo: str | None) -> None:
     """
     from loopengine.commands.history import history as history_command
 
-    history_command(repo_root(repo), task_id, as_json)
+    history_command(repo_root(repo, whole=False), task_id, as_json)
 
 
 @main.command()
@@ -185,7 +190,7 @@ def results(task_id: str | None, last: int | None, as_json: bool, results_file: 
     """
     from loopengine.commands.records import results as results_command
 
-    results_command(repo_root(repo), results_file, task_id, last, as_json)
+    results_command(repo_root(repo, whole=False), results_file, task_id, last, as_json)
 
 
 def _task_id(ctx: click.Context, param: click.Parameter, value: str) -> str:

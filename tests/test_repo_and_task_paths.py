@@ -52,7 +52,7 @@ def test_repo_at_a_subfolder_of_a_repository_is_refused_and_writes_nothing(repo:
     before = repo.git("status", "--porcelain", "--ignored")
     for command in (["run", "--task", "demo/task.yaml"], ["validate", "--task",
                                                           "demo/task.yaml"],
-                    ["results"], ["history"]):
+                    ["init", "other"], ["verify", "HEAD"]):
         proc = subprocess.run([sys.executable, "-m", "loopengine", *command, "--repo", "."],
                               cwd=sub, capture_output=True, text=True, check=False)
         assert proc.returncode == 2, (command, proc.stdout, proc.stderr)
