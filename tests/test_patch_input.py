@@ -171,3 +171,21 @@ def test_a_patch_without_index_lines_that_does_not_apply_is_still_a_crash(repo: 
     rec = run_piped(repo, "-", text.encode()).record
     assert (rec["status"], rec["crash_kind"]) == ("crash", "mutator")
     assert rec["reason"] == f"the patch from standard input does not apply: patch failed: {NOTES}:1"
+
+
+def test_a_terminal_on_standard_input_is_refused_not_waited_for(repo: Repo) -> None:
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "loopengine", "run", "--task",
+                               "tasks/demo/task.yaml", "--patch", "-"], cwd=repo.path,
+                              stdin=slave, capture_output=True, text=True, timeout=60,
+                              check=False)
+    finally:
+        os.close(slave)
+        os.close(master)
+    rec = Result(proc.returncode, proc.stdout, proc.stderr).record
+    assert (rec["status"], rec["crash_kind"]) == ("crash", "mutator")
+    assert rec["reason"].startswith("--patch -: standard input is a terminal")
+    assert repo.read(NOTES) == "first\n"
