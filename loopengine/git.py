@@ -195,7 +195,9 @@ def out(ctx: Context, *args: str, input: bytes | None = None) -> str:
 def _describe(args: Sequence[str], proc: subprocess.CompletedProcess[bytes]) -> str:
     lines = [f"git {' '.join(args)} failed with exit code {proc.returncode}"]
     for name, data in (("stdout", proc.stdout), ("stderr", proc.stderr)):
-        text = data.decode("utf-8", "replace").strip()
+        # git's `hint:` lines advise git's own options and commands, not loopengine's.
+        text = "\n".join(line for line in data.decode("utf-8", "replace").splitlines()
+                         if not line.startswith("hint:")).strip()
         if text:
             lines.append(f"{name}: {text[-2000:]}")
     return "\n".join(lines)
