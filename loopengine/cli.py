@@ -145,13 +145,24 @@ def schema() -> None:
               show_default=True, help="Colour the output: auto means when stdout is a terminal.")
 @click.option("--lines", type=click.IntRange(min=0), default=20, show_default=True,
               help="How many lines of the end of each step's log to show.")
-def show(run_id: str, repo: str | None, patch_only: bool, color: str, lines: int) -> None:
+@click.option("--apply", "apply", is_flag=True,
+              help="Propose the saved candidate (its ref) again as a new run, rebased "
+                   "three-way onto the current baseline; prints the new run's record.")
+@click.option("--task", "task_path", type=str,
+              help="With --apply: the task file (default: tasks/*/task.yaml with its id).")
+@click.option("-v", "--verbose", is_flag=True, help="With --apply: show each step on stderr.")
+def show(run_id: str, repo: str | None, patch_only: bool, color: str, lines: int,
+         apply: bool, task_path: str | None, verbose: bool) -> None:
     """Show one run: record, candidate patch, step logs.
 
     Prints the record, the candidate patch and the end of each step's log. RUN_ID is a
     run id from a record, any prefix or suffix of it that names one run, or `last`
     for the newest run.
     """
+    if apply:
+        from loopengine.commands.apply import apply as apply_command
+
+        sys.exit(apply_command(repo_root(repo), run_id, task_path=task_path, verbose=verbose))
     from loopengine.commands.show import show as show_command
 
     show_command(repo_root(repo, whole=False), run_id, patch_only=patch_only, color=color,
@@ -283,6 +294,23 @@ def verify(commit: str, task_path: str | None, verbose: bool, repo: str | None) 
 
 # --- campaigns: batches, loop, gc, show --apply (issue 12) ---------------------------
 # (commands of this section go here)
+
+
+@main.command()
+@click.option("--task", "task_id", metavar="ID", help="Only the runs of this task id.")
+@click.option("--keep-last", type=click.IntRange(min=0), default=100, show_default=True,
+              metavar="N", help="Keep the newest N discards and crashes of each task.")
+@click.option("--json", "as_json", is_flag=True, help="Print what was pruned as one JSON line.")
+@REPO_OPTION
+def gc(task_id: str | None, keep_last: int, as_json: bool, repo: str | None) -> None:
+    """Prune old discards' and crashes' candidate refs and run folders.
+
+    Per task, the newest N discards and crashes keep their ref (refs/loopengine/...) and
+    their work/runs/ folder; older ones lose both.  A kept run is never pruned.
+    """
+    from loopengine.commands.gc import gc as gc_command
+
+    gc_command(repo_root(repo), task_id, keep_last, as_json)
 
 
 @main.command()

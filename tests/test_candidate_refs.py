@@ -84,3 +84,61 @@ def test_no_ref_outside_git(tmp_path: Any) -> None:
     rec = r.run().record
     assert rec["status"] == "keep"
     assert rec["ref"] is None
+
+
+# ---------------------------------------------------------------------------
+# show --apply and gc
+
+
+def test_show_apply_reproposes_a_discard_rebased_onto_the_new_baseline(repo: Repo) -> None:
+    repo.write(NOTES, "one\ntwo\nthree\nfour\n")
+    repo.write_task(default_task(policy__min_improvement=0.5))
+    repo.commit("four lines")
+    first = repo.run().record  # measures the baseline and keeps "more"
+    assert first["status"] == "keep"
+    repo.write_task(default_task(policy__min_improvement=5.0))
+    repo.commit("strict for a while")
+    lost = repo.run().record
+    assert lost["status"] == "discard"
+    # The baseline moves on (the user edits the top of the artifact) and the rule relaxes.
+    repo.write(NOTES, "zero\n" + repo.read(NOTES))
+    repo.write_task(default_task(policy__min_improvement=0.5))
+    repo.commit("a line on top, relaxed")
+    result = repo.run("--apply", lost["run_id"][-6:], command="show", task="")
+    assert result.code == 0, result.stderr
+    again = result.record
+    assert again["run_id"] != lost["run_id"]
+    assert again["status"] == "keep", again["reason"]
+    assert repo.read(NOTES) == "zero\none\ntwo\nthree\nfour\nmore\nmore\n"
+    assert again["ref"] == f"refs/loopengine/demo/{again['run_id']}"
+
+
+def test_show_apply_without_a_ref_says_why(repo: Repo) -> None:
+    repo.write_task(default_task(mutator__command="exit 4"))
+    repo.commit("broken mutator")
+    rec = repo.run().record
+    result = repo.run("--apply", rec["run_id"], command="show", task="")
+    assert result.code == 1 and "no saved candidate" in result.stderr
+
+
+def test_gc_prunes_old_discards_and_crashes_never_a_keep(repo: Repo) -> None:
+    kept = [repo.run().record for _ in range(2)]
+    assert [r["status"] for r in kept] == ["keep", "keep"]
+    repo.write_task(default_task(policy__min_improvement=50.0))
+    repo.commit("strict")
+    lost = [repo.run().record for _ in range(3)]
+    assert {r["status"] for r in lost} == {"discard"}
+    result = repo.run("--keep-last", "1", command="gc", task="")
+    assert result.code == 0, result.stderr
+    listed = repo.git("for-each-ref", "--format=%(refname)", "refs/loopengine/").split()
+    assert listed == sorted([r["ref"] for r in kept] + [lost[-1]["ref"]])
+    runs = repo.path / "work" / "runs"
+    for r in kept + lost[-1:]:
+        assert (runs / r["run_id"]).is_dir()
+    for r in lost[:-1]:
+        assert not (runs / r["run_id"]).exists()
+    # Even --keep-last 0 leaves the keeps alone.
+    assert repo.run("--keep-last", "0", command="gc", task="").code == 0
+    listed = repo.git("for-each-ref", "--format=%(refname)", "refs/loopengine/").split()
+    assert listed == sorted(r["ref"] for r in kept)
+    assert all((runs / r["run_id"]).is_dir() for r in kept)
