@@ -20,7 +20,7 @@ from hardening_checks import checked
 import loopengine
 
 # Fields that differ from run to run whatever the configuration.
-VOLATILE = {"run_id", "started_at", "duration_seconds", "commit", "patch"}
+VOLATILE = {"run_id", "started_at", "duration_seconds", "commit", "patch", "ref"}
 NOTES = "tasks/demo/notes.md"
 ODD = "tasks/demo/we ird é.txt"  # quoted by core.quotePath=true, unless -z and hardened
 
