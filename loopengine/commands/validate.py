@@ -20,6 +20,7 @@ Plain ``validate`` imports neither the engine nor anything heavy; ``--run`` does
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 import re
@@ -209,15 +210,17 @@ class _Listing:
         except (OSError, LoopError):
             return None
 
-    def files(self, pattern: str, limit: int = 100_000) -> list[str]:
+    def files(self, pattern: str) -> list[str]:
         """The files below the literal folder that starts ``pattern`` (or below ``.``)."""
-        parts = pattern.split("/")
         fixed = []
-        for part in parts[:-1]:
+        for part in pattern.split("/")[:-1]:
             if _EXPANSION.search(part):
                 break
             fixed.append(part)
-        base = "/".join(fixed) or "."
+        return self._below("/".join(fixed) or ".")
+
+    @functools.cache  # noqa: B019 -- one listing per folder, for one validate
+    def _below(self, base: str, limit: int = 100_000) -> list[str]:
         if self.uses_git():
             proc = self._run("ls-files", "-z", "-co", "--exclude-standard", "--",
                              f":(literal){base}")
@@ -242,6 +245,7 @@ class _Listing:
                 break
         return found
 
+    @functools.cache  # noqa: B019
     def has_files_below(self, folder: str) -> bool:
         if not self.uses_git():
             return True
