@@ -29,6 +29,11 @@ GIT_FILES: Final = frozenset({".gitattributes", ".gitignore", ".gitmodules", ".m
 # Folders whose content is the project's tooling, not a place for records.
 _OFF_LIMITS: Final = frozenset({".git", ".venv"})
 
+# The engine's own state under work/: a line appended to a baseline store, a run's record
+# or journal, or a loop's state damages it.  (work/results.jsonl and other plain files
+# directly in work/ are fine.)
+ENGINE_STATE: Final = frozenset({"runs", "baselines", "loops"})
+
 
 def write_problem(root: Path, rel: str) -> str | None:
     """Why the engine must not write the repo-relative path ``rel`` under ``root``, or None.
@@ -73,6 +78,12 @@ def _named_problem(parts: list[str]) -> str | None:
     for part in parts[:-1]:
         if part.casefold() in _OFF_LIMITS:
             return f"is inside {part}/"
+    if len(parts) > 1 and parts[0].casefold() == "work":
+        inner = parts[1].casefold()
+        if inner in ENGINE_STATE:
+            return f"is the engine's own state (work/{parts[1]}/)"
+        if inner.startswith(".") and len(parts) == 2:
+            return "is one of the engine's lock files (work/.*)"
     name = parts[-1].casefold()
     if name in _OFF_LIMITS:
         return f"is {parts[-1]}/ itself"

@@ -309,3 +309,21 @@ def test_run_with_a_scorer_that_prints_garbage(repo: Repo) -> None:
     assert result.code == 1
     assert lines(result)[0].startswith("loopengine: the baseline could not be evaluated: "
                                        "crash (scorer): ")
+
+
+@pytest.mark.parametrize(("path", "problem"), [
+    ("tasks/demo", "is a directory"),
+    ("README.md", "is a file git tracks"),
+    ("tasks/demo/notes.md", "is an artifact (artifacts.include)"),
+    ("tasks/demo/task.yaml", "is the task file"),
+    ("work/baselines/demo.json", "is the engine's own state (work/baselines/)"),
+])  # fmt: skip
+def test_an_unsafe_results_path_is_a_config_crash_at_run_time(repo: Repo, guarded, path: str,
+                                                              problem: str) -> None:
+    use(repo, logging__results_path=path)
+    before = {p: (repo.path / p).read_bytes() for p in ("README.md", "tasks/demo/notes.md")}
+    rec = check_record(repo, guarded())
+    assert (rec["status"], rec["crash_kind"]) == ("crash", "config")
+    assert rec["reason"] == f"{TASK}: logging.results_path: {problem}, got {path!r}"
+    assert {p: (repo.path / p).read_bytes() for p in before} == before
+    assert repo.results() == [rec]

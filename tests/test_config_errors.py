@@ -235,11 +235,12 @@ def test_damaged_baseline_store_is_a_crash_not_a_fresh_start(repo: Repo, guarded
     assert repo.read("tasks/demo/notes.md") == "first\nmore\n"
 
 
-def test_results_path_onto_a_directory_is_a_config_crash(
+def test_results_path_onto_the_engines_state_is_a_config_crash(
         repo: Repo, guarded, isolated_env: Path) -> None:
     (repo.path / "work" / "runs").mkdir(parents=True)
     repo.write_task(default_task(logging__results_path="work/runs"))  # a folder
     repo.commit("task")
     config_crash(repo, guarded(),
-                 f"{TASK}: logging.results_path: is a directory, got 'work/runs'")
+                 f"{TASK}: logging.results_path: is the engine's own state (work/runs/), "
+                 "got 'work/runs'")
     no_leftovers(repo, isolated_env)

@@ -16,6 +16,8 @@ from tests.conftest import Repo
     "results.jsonl",
     "logs/new/folder/results.jsonl",  # folders that do not exist yet are made
     "tasks/demo/out.jsonl",
+    "work/other.jsonl",
+    "tasks/work/runs/x.jsonl",  # only the repository's own work/ is the engine's
 ])
 def test_safe_places(repo: Repo, rel: str) -> None:
     assert write_problem(repo.path, rel) is None
@@ -39,6 +41,11 @@ def test_safe_places(repo: Repo, rel: str) -> None:
     ("tasks/demo/", "is a directory"),
     ("README.md/x.jsonl", "has a parent that is a file"),
     ("", "is not a path"),
+    ("work/baselines/demo.json", "is the engine's own state (work/baselines/)"),
+    ("work/runs/x/record.json", "is the engine's own state (work/runs/)"),
+    ("work/runs", "is the engine's own state (work/runs/)"),
+    ("work/loops/l/state.json", "is the engine's own state (work/loops/)"),
+    ("work/.lock", "is one of the engine's lock files"),
 ])
 def test_unsafe_places(repo: Repo, rel: str, problem: str) -> None:
     found = write_problem(repo.path, rel)
