@@ -9,6 +9,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -220,3 +221,28 @@ def test_a_terminal_gets_a_rich_table(repo: Repo, campaign: dict[str, Any]) -> N
     plain = re.sub(r"\x1b\[[0-9;]*m", "", text)
     assert "current: the next run compares with it" in plain
     assert "keeps 2, discards 1, crashes 2 (mutator 1, runner 1)" in plain
+
+
+def test_status_shows_a_real_loop_while_it_runs(repo: Repo, tmp_path: Path,
+                                                procs: list[subprocess.Popen[str]]) -> None:
+    started = tmp_path / "runner-started"
+    repo.write_task(default_task(runner__command=f"touch {started}; sleep 2"))
+    repo.commit("a slow runner")
+    loop = subprocess.Popen([sys.executable, "-m", "loopengine", "loop", "--task",
+                             "tasks/demo/task.yaml", "--iterations", "20"], cwd=repo.path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    procs.append(loop)
+    deadline = time.monotonic() + 120
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    [state_file] = (repo.path / "work/loops").glob("*/state.json")
+    loop_id = state_file.parent.name
+    running = status(repo)["tasks"][0]["loop"]
+    assert running is not None and running["loop_id"] == loop_id
+    assert running["pid"] == loop.pid and running["stop_requested"] is False
+    (state_file.parent / "STOP").touch()
+    assert status(repo)["tasks"][0]["loop"]["stop_requested"] is True
+    out, err = loop.communicate(timeout=180)
+    assert loop.returncode == 0, err
+    assert json.loads(out)["stop_reason"]
+    assert status(repo)["tasks"][0]["loop"] is None
