@@ -155,7 +155,8 @@ def _clean(root: Path, run_id: str, own_run_id: str) -> None:
     with locked(root, ".recover.lock"):
         if not (root / ACTIVE / run_id).exists():
             return  # another run cleaned it up while we waited for the lock
-        _settle_record(root, run_id, own_run_id)
+        repaired = _repair_git_state(root, run_id)
+        _settle_record(root, run_id, own_run_id, repaired)
         _remove_sandbox(root, run_id)
         with contextlib.suppress(FileNotFoundError):
             (root / ACTIVE / run_id).unlink()
@@ -163,7 +164,25 @@ def _clean(root: Path, run_id: str, own_run_id: str) -> None:
             (folder / "alive.lock").unlink()
 
 
-def _settle_record(root: Path, run_id: str, own_run_id: str) -> None:
+def _repair_git_state(root: Path, run_id: str) -> list[str]:
+    """A step that killed the engine left its snapshot of the main repository's git state:
+    put back what the step changed, as the engine would have after the step."""
+    from loopengine import tripwire  # imports results and git only; kept off the start-up
+
+    path = run_dir(root, run_id) / tripwire.SNAPSHOT
+    if not path.exists():
+        return []
+    repo = git.repo_info(root)
+    before = tripwire.load(path, repo) if repo.is_git else None
+    changes: list[str] = []
+    if before is not None:
+        changes = tripwire.Tripwire(repo, run_id).restore(before)
+    path.unlink(missing_ok=True)
+    return changes
+
+
+def _settle_record(root: Path, run_id: str, own_run_id: str,
+                   repaired: list[str] | None = None) -> None:
     """Make sure the dead run's record is in its results file, exactly once."""
     folder = run_dir(root, run_id)
     meta = trusted_meta(root, _read_json(folder / "meta.json") or {})
@@ -194,6 +213,10 @@ def _settle_record(root: Path, run_id: str, own_run_id: str) -> None:
                                      f"work/runs/{run_id}/journal.jsonl")
     if record is None:
         record = _lost_record(run_id, meta, own_run_id)
+        if repaired:
+            record = dataclasses.replace(
+                record, reason=f"{record.reason}; a step had changed the main repository's "
+                f"git state, which was put back: {'; '.join(repaired)}")
         ref = journal.saved_ref(root, record.task_id, run_id)
         if ref:
             record = dataclasses.replace(record, extra={**record.extra, "ref": ref})

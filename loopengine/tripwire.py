@@ -24,6 +24,7 @@ the current branch is indistinguishable from the user; the README's safety model
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -56,6 +57,26 @@ def marker(run_id: str) -> str:
     return f"loopengine step {run_id}"
 
 
+def email(run_id: str) -> str:
+    """The committer email of a step's git: every reflog entry names it."""
+    return f"loopengine-step-{run_id}@loopengine.invalid"
+
+
+def step_env(run_id: str) -> dict[str, str]:
+    """What marks a step's own ref updates in the main repository, so that the tripwire
+    can prove a change was the step's: the reflog message (``GIT_REFLOG_ACTION``: commit,
+    merge, reset, tag...), the committer in every reflog entry (``branch``, ``update-ref``
+    and ``stash`` write no action), and a reflog for every ref (tags and other refs have
+    none by default)."""
+    return {
+        "GIT_REFLOG_ACTION": marker(run_id),
+        "GIT_COMMITTER_EMAIL": email(run_id),
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": "core.logAllRefUpdates",
+        "GIT_CONFIG_VALUE_0": "always",
+    }
+
+
 @dataclass(frozen=True)
 class Entry:
     kind: str  # "file", "dir", "link", "big" (a file too large to keep), "other"
@@ -73,6 +94,54 @@ class Snapshot:
     time: float  # wall clock when it was taken, to find other runs' repairs since
 
 
+SNAPSHOT = "tripwire.json"  # in the run folder while a step runs
+
+
+def save(snapshot: Snapshot, path: Path) -> None:
+    """Write the snapshot to disk before the step starts: a step that kills the engine
+    (``kill -9 $PPID``) leaves it for the next run's recovery to compare and put back."""
+    data = {
+        "refs": {k: list(v) for k, v in snapshot.refs.items()},
+        "loose": sorted(snapshot.loose),
+        "files": {k: [e.kind, e.mode, base64.b64encode(e.data).decode()]
+                  for k, e in snapshot.files.items()},
+        "reflogs": snapshot.reflogs,
+        "packed": base64.b64encode(snapshot.packed).decode() if snapshot.packed is not None
+        else None,
+        "time": snapshot.time,
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, ensure_ascii=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def load(path: Path, repo: git.RepoInfo) -> Snapshot | None:
+    """A saved snapshot, read as untrusted input (a step can write the run folder): only
+    paths of the repository's own git state, only well-formed entries; None if damaged."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        allowed = [str(p) for p in Tripwire(repo, "recovery").paths]
+        files = {}
+        for key, (kind, mode, blob) in data["files"].items():
+            if not any(key == a or key.startswith(a + os.sep) for a in allowed):
+                continue
+            if kind not in ("file", "dir", "link", "big", "other") or not isinstance(mode, int):
+                raise ValueError(kind)
+            files[str(key)] = Entry(kind, mode, base64.b64decode(blob))
+        refs = {str(k): (str(v[0]), str(v[1])) for k, v in data["refs"].items()
+                if str(k).startswith("refs/")}
+        packed = data["packed"]
+        return Snapshot(refs, frozenset(str(x) for x in data["loose"]), files,
+                        {str(k): int(v) for k, v in data["reflogs"].items()},
+                        base64.b64decode(packed) if packed is not None else None,
+                        float(data["time"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 class Tripwire:
     """Watches one repository's shared git state; ``take`` before a step, ``restore`` after."""
 
@@ -83,6 +152,10 @@ class Tripwire:
         self.repaired: list[list[Any]] = []  # [kind, name, from, to] of this restore
         self.explained: set[tuple[str, str, str, str]] = set()  # other runs' repairs
         self.marker = marker(run_id).encode()
+        self.email = f"<{email(run_id)}>".encode()
+        self.left: list[str] = []  # changes seen that were not the step's: left alone
+        self.left_refs: set[str] = set()
+        self.rescued_entries: list[str] = []
         common, own = repo.common_dir, repo.git_dir
         self.head_file = own / "HEAD"
         self.paths = [
@@ -109,11 +182,9 @@ class Tripwire:
         files: dict[str, Entry] = {}
         for path in self.paths:
             _walk(path, files)
-        head = files.get(str(self.head_file))
         reflogs = [self.repo.git_dir / "logs" / "HEAD"]  # type: ignore[operator]
-        if head is not None and head.data.startswith(b"ref: "):
-            name = head.data[5:].decode("utf-8", "surrogateescape").strip()
-            reflogs.append(self.repo.common_dir / "logs" / name)
+        for folder, _dirs, names in os.walk(self.repo.common_dir / "logs" / "refs"):
+            reflogs += [Path(folder) / n for n in names]
         try:
             packed = (self.repo.common_dir / "packed-refs").read_bytes()
         except OSError:
@@ -152,8 +223,9 @@ class Tripwire:
             others = self._others_repairs(before.time)
             self.explained = {(kind, name, _key(old), _key(new))
                               for _run, kind, name, old, new, _what in others}
-            self.repaired = []
+            self.repaired, self.left, self.left_refs, self.rescued_entries = [], [], set(), []
             changes = self._restore(before)
+            changes += [f"a stash entry kept reachable as {r}" for r in self.rescued_entries]
             self._log_repairs(changes)
         return changes + [f"{what} (put back by run {run}, while this step ran)"
                           for run, _kind, _name, _old, _new, what in others]
@@ -218,7 +290,111 @@ class Tripwire:
                 data = fh.read()
         except OSError:
             return False
-        return self.marker in data
+        return self.marker in data or self.email in data
+
+    def _whose(self, name: str, before: Snapshot) -> str:
+        """``step`` when the ref's reflog since ``before`` carries this step's marks,
+        ``other`` when it has entries but none of them does (the user's commit in another
+        worktree, a fetch, another run), ``unknown`` when it has none."""
+        assert self.repo.common_dir is not None
+        path = self.repo.common_dir / "logs" / name
+        try:
+            with open(path, "rb") as fh:
+                start = before.reflogs.get(str(path), 0)
+                if os.fstat(fh.fileno()).st_size >= start:
+                    fh.seek(start)
+                data = fh.read()
+        except OSError:
+            return "unknown"
+        if not data.strip():
+            return "unknown"
+        return "step" if self.marker in data or self.email in data else "other"
+
+    def _elsewhere(self, name: str, before: Snapshot) -> bool:
+        """Refs that others move as a matter of course: remote-tracking refs and the tags
+        a fetch brought (it names them in FETCH_HEAD), a branch checked out in another
+        worktree (a commit made there)."""
+        if name.startswith("refs/remotes/") or name in self._other_worktree_branches():
+            return True
+        if name.startswith("refs/tags/"):
+            assert self.repo.common_dir is not None
+            tag = name.removeprefix("refs/tags/").encode("utf-8", "surrogateescape")
+            heads = [self.repo.common_dir / "FETCH_HEAD"]
+            with contextlib.suppress(OSError):
+                heads += [e / "FETCH_HEAD" for e in (self.repo.common_dir / "worktrees").iterdir()]
+            for fetched in heads:
+                with contextlib.suppress(OSError):
+                    if fetched.stat().st_mtime >= before.time - 1 and \
+                            b"\ttag '" + tag + b"' of " in fetched.read_bytes():
+                        return True
+        return False
+
+    def _other_worktree_branches(self) -> set[str]:
+        assert self.repo.common_dir is not None
+        found = set()
+        with contextlib.suppress(OSError):
+            for entry in (self.repo.common_dir / "worktrees").iterdir():
+                if entry.resolve() == Path(self.repo.git_dir or "").resolve():
+                    continue
+                with contextlib.suppress(OSError):
+                    head = (entry / "HEAD").read_text().strip()
+                    if head.startswith("ref: "):
+                        found.add(head[5:])
+        if self.repo.git_dir != self.repo.common_dir:  # this is a linked worktree
+            with contextlib.suppress(OSError):
+                head = (self.repo.common_dir / "HEAD").read_text().strip()
+                if head.startswith("ref: "):
+                    found.add(head[5:])
+        return found
+
+    def _lost(self, sha: str) -> bool:
+        """Whether ``sha``, no longer in a ref, takes anything away that matters: an object
+        no ref reaches but a commit this step made (its committer is the step's mark) and
+        that brings nothing else with it."""
+        # Not --all: a broken ref a step planted would make rev-list fail.
+        tips = {value for value, symref in self._refs().values() if not symref}
+        tips.update(self._detached_heads())
+        stdin = (sha + "\n" + "".join(f"^{t}\n" for t in sorted(tips))).encode()
+        lost = git.run(self.repo.ctx, "rev-list", "--objects", "--no-object-names", "--stdin",
+                       input=stdin, check=False)
+        if lost.returncode != 0:
+            return True  # cannot tell: keep it reachable
+        objects = set(lost.stdout.decode().split())
+        if not objects:
+            return False
+        commits = git.run(self.repo.ctx, "rev-list", "--format=%H %ce", "--no-commit-header",
+                          "--stdin", input=stdin, check=False)
+        made = {}
+        for line in commits.stdout.decode("utf-8", "replace").splitlines():
+            commit, _, committer = line.partition(" ")
+            made[commit] = committer
+        if objects - set(made):
+            return True  # a tree, a blob or a tag: content
+        return any(f"<{c}>".encode() != self.email for c in made.values())
+
+    def _detached_heads(self) -> set[str]:
+        """The commits worktrees have checked out on a detached HEAD (they keep them)."""
+        assert self.repo.common_dir is not None
+        heads = [self.repo.common_dir / "HEAD"]
+        with contextlib.suppress(OSError):
+            heads += [e / "HEAD" for e in (self.repo.common_dir / "worktrees").iterdir()]
+        found = set()
+        for head in heads:
+            with contextlib.suppress(OSError):
+                text = head.read_text().strip()
+                if text and not text.startswith("ref:"):
+                    found.add(text)
+        return found
+
+    def _rescue(self, name: str, sha: str, suffix: str = "") -> str | None:
+        """Keep ``sha`` reachable under ``refs/loopengine/rescued/<run_id>/...``; its name."""
+        if not sha or not sha.strip("0") or not self._lost(sha):
+            return None
+        short = name.removeprefix("refs/")
+        rescued = f"refs/loopengine/rescued/{self.run_id}/{short}{suffix}"
+        if self._git("update-ref", "--no-deref", "-m", "loopengine: rescued", rescued, sha):
+            return rescued
+        return None
 
     def _restore_refs(self, before: Snapshot, after: Snapshot, own: set[str]) -> list[str]:
         changes = []
@@ -226,7 +402,14 @@ class Tripwire:
             old, new = before.refs.get(name), after.refs.get(name)
             if old == new or name in own or self._explained("ref", name, old, new):
                 continue
-            if self._other_runs_candidate(name):
+            if self._other_runs_candidate(name) or name.startswith("refs/loopengine/rescued/"):
+                continue
+            whose = self._whose(name, before)
+            if whose == "other" or (whose == "unknown" and self._elsewhere(name, before)):
+                # Never undo what the engine cannot prove the step did: say it, leave it.
+                self.left.append(f"{_describe(name, old, new)} (not this step's doing, as "
+                                 "far as its reflog shows: left as it is)")
+                self.left_refs.add(name)
                 continue
             self.repaired.append(["ref", name, new, old])
             if old is None:
@@ -240,10 +423,13 @@ class Tripwire:
                 what = f"{name} deleted"
                 ok = self._set_ref(name, old, "0" * len(old[0]))
             else:
-                what = f"{name} moved from {old[0][:12]} to {new[0][:12]}"
-                if old[1] != new[1]:
-                    what = f"{name} changed from {old[1] or old[0][:12]} to {new[1] or new[0][:12]}"
+                what = _describe(name, old, new)
                 ok = self._set_ref(name, old, new[0])
+            if ok and new is not None and not new[1]:
+                # What the ref held is never made unreachable by the repair.
+                rescued = self._rescue(name, new[0])
+                if rescued:
+                    what += f" (kept reachable as {rescued})"
             changes.append(what if ok else f"{what} (could not be put back)")
         # A file under refs/ that is no ref at all (git skips it as broken): remove it.
         # One made between for-each-ref and the walk is a real ref, deleted as any new one.
@@ -286,8 +472,15 @@ class Tripwire:
         return git.run(self.repo.ctx, *args, check=False).returncode == 0
 
     def _restore_files(self, before: Snapshot, after: Snapshot, *, skip_head: bool) -> list[str]:
+        stash_log = str(self.repo.common_dir / "logs" / "refs" / "stash")  # type: ignore[operator]
+        if "refs/stash" in self.left_refs:
+            skip = {stash_log}  # the stash is not the step's: nor is its list
+        else:
+            skip = set()
+            self._rescue_stash_entries(before.files.get(stash_log), after.files.get(stash_log))
         changed = sorted(p for p in set(before.files) | set(after.files)
                          if before.files.get(p) != after.files.get(p)
+                         and p not in skip
                          and not (skip_head and p == str(self.head_file))
                          and not self._explained("file", p, _digest(before.files.get(p)),
                                                  _digest(after.files.get(p))))
@@ -308,6 +501,20 @@ class Tripwire:
                 text = f"{self._name(path)} {what}"
                 changes.append(text if ok else f"{text} (could not be put back)")
         return changes
+
+    def _rescue_stash_entries(self, old: Entry | None, new: Entry | None) -> None:
+        """Stash entries that putting the stash's reflog back drops: kept reachable."""
+        if new is None or new.kind != "file":
+            return
+        kept = set(old.data.splitlines()) if old is not None and old.kind == "file" else set()
+        dropped = [line for line in new.data.splitlines() if line not in kept]
+        for i, line in enumerate(dropped, 1):
+            fields = line.split(b" ")
+            if len(fields) > 1:
+                rescued = self._rescue("refs/stash", fields[1].decode("ascii", "replace"),
+                                       f"-{i}")
+                if rescued:
+                    self.rescued_entries.append(rescued)
 
     def _put(self, path: Path, entry: Entry) -> bool:
         try:
@@ -367,6 +574,17 @@ class Tripwire:
         path = self.repo.root / WORK_DIR / REPAIRS
         with open(path, "ab") as fh:
             fh.write(line.encode("utf-8", "surrogateescape") + b"\n")
+
+
+def _describe(name: str, old: tuple[str, str] | None, new: tuple[str, str] | None) -> str:
+    if old is None:
+        assert new is not None
+        return f"{name} created at {new[0][:12]}"
+    if new is None:
+        return f"{name} deleted (it was at {old[0][:12]})"
+    if old[1] != new[1]:
+        return f"{name} changed from {old[1] or old[0][:12]} to {new[1] or new[0][:12]}"
+    return f"{name} moved from {old[0][:12]} to {new[0][:12]}"
 
 
 def _key(value: Any) -> str:

@@ -121,7 +121,7 @@ def as_step(repo: Repo, *args: str) -> None:
     """A git command as a step runs it: with the step's reflog marker."""
     subprocess.run(["git", "-c", "user.name=S", "-c", "user.email=s@example.com", *args],
                    cwd=repo.path, check=True, capture_output=True,
-                   env={**os.environ, "GIT_REFLOG_ACTION": tripwire.marker("RUN")})
+                   env={**os.environ, **tripwire.step_env("RUN")})
 
 
 def test_the_users_own_commit_and_pack_refs_are_no_alarm(repo: Repo, wire) -> None:

@@ -125,6 +125,8 @@ class Steps:
         self.env = dict(env or {})  # more variables for every step (LOOPENGINE_CANDIDATE)
         self.deadline, self.report, self.repo, self.guard = deadline, report, repo, guard
         self.tripwire: tripwire.Tripwire | None = None
+        # Changes to the main repository while a step ran that were not the step's.
+        self.left: list[str] = []
 
     def run(self, name: str, step: Step, capture: bool = False) -> str:
         """Run one step in the sandbox; a crash when it fails; stdout when captured."""
@@ -143,7 +145,7 @@ class Steps:
             "LOOPENGINE_TASK_DIR": str(self.sb.tree / self.task.task_dir),
             "LOOPENGINE_RUN_ID": self.run_id,
             # Marks the reflog entries of what a step does to the main repository.
-            "GIT_REFLOG_ACTION": tripwire.marker(self.run_id),
+            **tripwire.step_env(self.run_id),
             **sandbox.venv_env(self.sb.tree, self.repo.root if self.repo else None),
             **self.env,
         })
@@ -155,6 +157,10 @@ class Steps:
                               on_line=self.report.line_callback(name))
         finally:
             touched = self.restore_main_repo(before)
+        if self.tripwire is not None and self.tripwire.left:
+            self.left += self.tripwire.left
+            for what in self.tripwire.left:
+                self.report.info(f"while the {name} ran: {what}")
         self.report.step_finished(name, result)
         if touched:
             raise StepCrash(name, f"the {name} changed the main repository's git state, which "
@@ -170,15 +176,21 @@ class Steps:
             return None
         if self.tripwire is None:
             self.tripwire = tripwire.Tripwire(self.repo, self.run_id)
-        return self.tripwire.take()
+        snapshot = self.tripwire.take()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        tripwire.save(snapshot, self.log_dir / tripwire.SNAPSHOT)
+        return snapshot
 
     def restore_main_repo(self, before: tripwire.Snapshot | None) -> list[str]:
         if before is None or self.tripwire is None:
             return []
         if self.guard is None:
-            return self.tripwire.restore(before)
-        with self.guard.deferred():  # a ^C must not stop the repair half-way
-            return self.tripwire.restore(before)
+            touched = self.tripwire.restore(before)
+        else:
+            with self.guard.deferred():  # a ^C must not stop the repair half-way
+                touched = self.tripwire.restore(before)
+        (self.log_dir / tripwire.SNAPSHOT).unlink(missing_ok=True)
+        return touched
 
     def check_step(self, name: str, step: Step, result: StepResult, timeout: float) -> None:
         if result.timed_out:
@@ -289,6 +301,7 @@ class Ledger:
                                                self.baseline),
                    "ref": self.ref,
                    "batch_id": self.batch_id,
+                   "left_alone": list(self.steps.left) if self.steps else [],
                    **self.extra},
         )
 
