@@ -308,8 +308,8 @@ def _simple_commands(tokens: list[str]) -> Iterator[list[str]]:
         if token in _OPERATORS:
             yield words
             words = []
-        elif token and set(token) <= set("<>&"):
-            skip_next = not token.endswith("&")
+        elif token and set(token) <= set("<>&"):  # a redirection: >, >>, 2>&1, &>, <
+            skip_next = True
             if words and words[-1].isdigit():
                 words.pop()  # the 2 of 2>
         elif not words and _ASSIGNMENT.fullmatch(token):
