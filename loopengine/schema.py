@@ -156,13 +156,15 @@ Count = Annotated[int, Field(ge=1)]
 Seconds = Annotated[float, Field(gt=0)]
 
 
-def _absent_means_inherit(schema: dict[str, Any]) -> None:
-    # A step's isolation key has no default of its own: absent, the task's value applies.
+def _no_default(schema: dict[str, Any]) -> None:
+    # An optional key without a default value: absent stays absent (a step's isolation key
+    # takes the task's value; a constraint has min, max or both).  ``None`` is only how
+    # pydantic spells "not given"; an explicit null is still a type error.
     schema.pop("default", None)
 
 
 def _inherit(description: str) -> Any:
-    return Field(None, description=description, json_schema_extra=_absent_means_inherit)
+    return Field(None, description=description, json_schema_extra=_no_default)
 
 
 # --- the sections ----------------------------------------------------------------------
@@ -251,9 +253,9 @@ class Constraint(Section):
 
     metric: Text = Field(description="Name of a metric in the scorer's metrics.")
     min: float = Field(None, description="The metric must be >= this.",  # type: ignore[assignment]
-                       json_schema_extra=_absent_means_inherit)
+                       json_schema_extra=_no_default)
     max: float = Field(None, description="The metric must be <= this.",  # type: ignore[assignment]
-                       json_schema_extra=_absent_means_inherit)
+                       json_schema_extra=_no_default)
 
     @model_validator(mode="wrap")
     @classmethod
