@@ -70,6 +70,7 @@ class _Slot:
     patch: Path | None
     cand: Candidate | None = None
     ev: Evaluation | None = None
+    released: bool = False  # its ref saved and its sandbox removed
 
 
 def planned_run_ids(count: int) -> list[str]:
@@ -151,6 +152,21 @@ def _candidate(opts: BatchOptions, slot: _Slot, count: int, batch_id: str) -> No
     except BaseException as exc:
         if not settle(run, exc):
             run.crash("internal", f"internal error: {type(exc).__name__}: {exc}")
+    if run.decision is None or run.decision.status != "keep":
+        # Not a contender: its ref and sandbox are done with now, in parallel with the
+        # others, rather than one by one at the end.
+        with run.guard.deferred():
+            _release(slot)
+
+
+def _release(slot: _Slot) -> None:
+    if slot.released:
+        return
+    slot.released = True
+    try:
+        save_ref(slot.run)
+    finally:
+        cleanup(slot.run, keep_sandbox=False)
 
 
 def _batch_view(run: Ledger, cand: Candidate, count: int, batch_id: str) -> Candidate:
@@ -211,10 +227,7 @@ def _conclude(slots: list[_Slot], guard: SignalGuard) -> tuple[list[Record], lis
     messages: list[str] = []
     for s in slots:
         run = s.run
-        try:
-            save_ref(run)
-        finally:
-            cleanup(run, keep_sandbox=False)
+        _release(s)
         records.append(finish(run))
         if run.message:
             messages.append(f"{run.run_id}: {run.message}")
