@@ -59,10 +59,8 @@ class Node:
         if self.alive:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                pass
         # Whatever of the group is left (workers the raylet started) goes too.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
@@ -124,7 +122,9 @@ class LocalCluster:
             f"--system-config={json.dumps(SYSTEM_CONFIG)}"])
 
     def add_worker(self, name: str | None = None) -> Node:
-        name = name or f"worker{len(self.nodes)}"
+        name = name or f"worker{sum(1 for n in self.nodes if n.name != 'head') + 1}"
+        while (self.root / name).exists():  # a node that died leaves its folder
+            name += "x"
         return self._start(name, [f"--address={self.address}", "--node-ip-address=127.0.0.1"])
 
     def stop(self) -> None:

@@ -60,11 +60,12 @@ class RayExecutor:
 
     def __init__(self, config: task_mod.Executor) -> None:
         self.address = connect(config.address)
-        self._task = ray.remote(measure_on_node).options(
-            num_cpus=config.num_cpus, num_gpus=config.num_gpus,
+        self._remote = ray.remote(measure_on_node)
+        self._options: dict[str, Any] = {
+            "num_cpus": config.num_cpus, "num_gpus": config.num_gpus,
             # Retries are ours (once, elsewhere, and said in the log), not Ray's.
-            max_retries=0, retry_exceptions=False,
-        )
+            "max_retries": 0, "retry_exceptions": False,
+        }
         self._jobs: dict[int, _Job] = {}
 
     def submit(self, work: Work) -> Future[WorkResult]:
@@ -135,14 +136,15 @@ class RayExecutor:
             self._jobs.pop(id(job.future), None)
 
     def _launch(self, work: Work, avoid: str | None) -> Any:
+        options = dict(self._options)
         other = _other_node(avoid) if avoid else None
-        if other is None:
-            return self._task.remote(work)
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        if other is not None:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        # soft: when that node is busy, any other live node is as good.
-        strategy = NodeAffinitySchedulingStrategy(node_id=other, soft=True)
-        return self._task.options(scheduling_strategy=strategy).remote(work)
+            # soft: when that node is busy, any other live node is as good.
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=other,
+                                                                            soft=True)
+        return self._remote.options(**options).remote(work)
 
 
 _LOST: tuple[type[BaseException], ...] = (
@@ -203,6 +205,7 @@ def connect(address: str) -> str:
             target = os.environ.get("RAY_ADDRESS") or "auto"
         if target != "auto":
             _probe(target)
+        _keep_stdout_clean()
         options: dict[str, Any] = {
             # Workers' output must never reach our stdout (one record line, nothing else).
             "log_to_driver": False,
@@ -221,6 +224,22 @@ def connect(address: str) -> str:
             raise ExecutorError(f"cannot join the Ray cluster at {target}: "
                                 f"{type(exc).__name__}: {_first(exc)}") from exc
         return target
+
+
+def _keep_stdout_clean() -> None:
+    """Ray's driver prints cluster events ("node ... marked dead") on stdout, where
+    ``run`` prints exactly one record line; they belong on stderr."""
+    from ray._private import worker
+
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "_loopengine", False):
+        return
+
+    def to_stderr(data: dict[str, Any], ignore_prefix: bool) -> None:
+        original({**data, "is_err": True}, ignore_prefix)
+
+    to_stderr._loopengine = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = to_stderr
 
 
 def _probe(address: str) -> None:

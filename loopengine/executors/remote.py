@@ -77,7 +77,9 @@ class WorkResult:
 
 def portable_task(task: Task) -> Task:
     """The task without the caller's paths (the worker has no use for them)."""
-    return replace(task, path=Path(task.display_path), repo_root=Path("."), data={})
+    relative = Path(task.task_dir) / task.path.name  # as the sandbox has it
+    return replace(task, path=relative, display_path=relative.as_posix(), repo_root=Path("."),
+                   data={})
 
 
 def ship(ctx: git.Context, *trees: str) -> bytes:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Stand-in runner for the Ray tests: says where it runs, then sleeps.
 
-Usage: node_runner.py MARKER_DIR SECONDS [--kill-worker]
+Usage: node_runner.py MARKER_DIR SECONDS [--kill-worker | --kill-worker-once FLAG]
 
 Writes MARKER_DIR/<run id>.<node>.json ({pid, worker_pid, node, cwd, home}) and prints the
 same to stdout.  The worker is the process that started the step's /bin/sh (the Ray
@@ -32,5 +32,10 @@ os.replace(os.path.join(markers, name + ".tmp"), os.path.join(markers, name))
 print(json.dumps(info), flush=True)
 if "--kill-worker" in sys.argv:
     os.kill(worker, signal.SIGKILL)
+if "--kill-worker-once" in sys.argv:
+    flag = sys.argv[sys.argv.index("--kill-worker-once") + 1]
+    if not os.path.exists(flag):
+        open(flag, "w").close()
+        os.kill(worker, signal.SIGKILL)
 time.sleep(seconds)
 print("runner done", flush=True)
