@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loopengine import decide as decide_mod
-from loopengine import faults, sandbox
+from loopengine import executors, faults, sandbox
 from loopengine import measure as measure_mod
 from loopengine.campaign import refs
 from loopengine.errors import Interrupted, LoopError
@@ -114,8 +114,16 @@ def request(run: Ledger, cand: Candidate) -> EvalRequest:
 
 
 def evaluate_candidate(run: Ledger, cand: Candidate) -> Evaluation:
-    """Evaluate locally, in the candidate's own sandbox; a crash or stop ends the iteration."""
+    """Evaluate in the candidate's own sandbox, or on the task's executor (a Ray cluster);
+    a crash or stop ends the iteration."""
     assert run.steps is not None
+    if cand.task.executor.kind != "local":
+        run.report.phase(f"evaluate on the {cand.task.executor.kind} executor")
+        result = executors.evaluate(request(run, cand), cand.sandbox, deadline=run.deadline,
+                                    log_dir=run.run_dir, env=run.steps.env,
+                                    note=run.report.info)
+        run.extra["node"] = result.node
+        return settle_evaluation(run, cand, result.evaluation)
     run.measured = measure_mod.Measurement(baseline=list(cand.plan.stored))
     try:
         ev = evaluate(request(run, cand), cand.sandbox, run.steps, report=run.report,

@@ -111,8 +111,9 @@ def patch_adding(repo: Repo, tmp_path: Path, line: str, name: str) -> Path:
 
 def test_the_work_carries_two_trees_and_no_path_of_the_callers_machine(
         repo: Repo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from loopengine import git, measure, sandbox
-    from loopengine.executors import make_work, remote
+    from loopengine import diff, git, measure, sandbox, sync
+    from loopengine.executors import remote
+    from loopengine.iteration.common import EvalRequest
     from loopengine.task import load_task
 
     repo.write("data/big.bin", os.urandom(1 << 16))  # history the worker never gets
@@ -122,13 +123,17 @@ def test_the_work_carries_two_trees_and_no_path_of_the_callers_machine(
     repo.write("tasks/demo/notes.md", "first\nuncommitted\n")  # the overlay travels too
     task = load_task(str(repo.path / "tasks/demo/task.yaml"), repo.path)
     info = git.repo_info(repo.path)
-    sb = sandbox.create(info, "20260101T000000000000Z-000000", ["tasks/demo/notes.md"])
+    run_id = "20260101T000000000000Z-000000"
+    sb = sandbox.create(info, run_id, ["tasks/demo/notes.md"])
     try:
         (sb.tree / "tasks/demo/notes.md").write_text("first\nuncommitted\ncandidate\n")
         cand = sandbox.snapshot(sb, "candidate")
-        work = make_work(task, "20260101T000000000000Z-000000", sb, cand,
-                         measure.Plan("remeasured"), has_change=True,
-                         deadline=time.monotonic() + 60)
+        stats = diff.read_diff(sb.ctx, sb.start_tree, cand)
+        req = EvalRequest(run_id=run_id, task=task, start_tree=sb.start_tree, tree=cand,
+                          commit=None, changes=stats.files,
+                          frozen=sync.artifact_state(sb.tree, task),
+                          plan=measure.Plan("remeasured"), seconds_left=60)
+        work = remote.make_work(req, sb.ctx)
     finally:
         sandbox.remove(sb, info)
     blob = pickle.dumps(work)
@@ -142,10 +147,11 @@ def test_the_work_carries_two_trees_and_no_path_of_the_callers_machine(
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     result = remote.measure(work)
-    assert result.crash is None, result
-    assert result.measured.baseline == [2.0]  # first + uncommitted: the overlay travelled
-    assert result.measured.candidate == [3.0]
-    assert result.measured.order == ["B", "C"]
+    ev = result.evaluation
+    assert ev.crash is None and ev.stop is None, result
+    assert ev.measured.baseline == [2.0]  # first + uncommitted: the overlay travelled
+    assert ev.measured.candidate == [3.0]
+    assert ev.measured.order == ["B", "C"]
     assert b"--- stdout ---" in result.logs["scorer"]
     assert os.listdir(os.environ["LOOPENGINE_SANDBOX_ROOT"]) == []  # its sandbox is gone
 

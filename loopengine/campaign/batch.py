@@ -20,14 +20,22 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from loopengine import decide as decide_mod
-from loopengine import git, process, sandbox, stats, sync
+from loopengine import executors, git, process, sandbox, stats, sync
 from loopengine import measure as measure_mod
 from loopengine.engine import cleanup, evaluate_candidate, finish, save_ref, settle
 from loopengine.errors import Interrupted, LoopError
 from loopengine.iteration import conclude as conclude_mod
-from loopengine.iteration.common import Candidate, Evaluation, Ledger, Steps
+from loopengine.iteration.common import (
+    Candidate,
+    EvalRequest,
+    Evaluation,
+    Ledger,
+    StepCrash,
+    Steps,
+)
 from loopengine.iteration.prepare import (
     check_repo_state,
     choose_baseline,
@@ -277,16 +285,19 @@ def measure_baseline(opts: BatchOptions, batch_id: str) -> None:
         if run.plan.source == "stored" and not task.policy.remeasure_baseline:
             return
         opts.reporter.phase("the batch's baseline")
-        steps = Steps(task, run.sb, batch_id, run.run_dir,
-                      deadline=time.monotonic() + task.max_seconds,
-                      report=opts.reporter, repo=run.repo)
-        evaluator = measure_mod.Evaluator(task, run.sb, [], steps.run, steps.parse_score,
-                                          log_dir=run.run_dir, phase=opts.reporter.phase)
-        samples = [evaluator(measure_mod.BASELINE) for _ in range(task.policy.repeats)]
-        scores = tuple(s.score for s in samples)
+        if task.executor.kind != "local":
+            scores, metrics = _baseline_elsewhere(run, batch_id)
+        else:
+            steps = Steps(task, run.sb, batch_id, run.run_dir,
+                          deadline=time.monotonic() + task.max_seconds,
+                          report=opts.reporter, repo=run.repo)
+            evaluator = measure_mod.Evaluator(task, run.sb, [], steps.run, steps.parse_score,
+                                              log_dir=run.run_dir, phase=opts.reporter.phase)
+            samples = [evaluator(measure_mod.BASELINE) for _ in range(task.policy.repeats)]
+            scores, metrics = tuple(s.score for s in samples), samples[-1].metrics
         new = Baseline(score=stats.mean(list(scores)), artifacts=sync.digest(run.start_state),
                        run_id=batch_id, fingerprint=run.fingerprint, scores=scores,
-                       metrics=samples[-1].metrics)
+                       metrics=metrics)
         with locked(opts.repo_root):
             if (load_baseline(opts.repo_root, task.id) == run.stored
                     and sync.artifact_state(opts.repo_root, task) == run.start_state):
@@ -297,3 +308,20 @@ def measure_baseline(opts: BatchOptions, batch_id: str) -> None:
     finally:
         cleanup(run, keep_sandbox=False)
         run.alive.release()
+
+
+def _baseline_elsewhere(run: Ledger, batch_id: str) -> tuple[tuple[float, ...], dict[str, Any]]:
+    """The batch's baseline measured on the task's executor (a Ray cluster): the unchanged
+    tree, ``policy.repeats`` times, as one piece of work."""
+    task, sb = run.task, run.sb
+    assert task is not None and sb is not None
+    req = EvalRequest(run_id=batch_id, task=task, start_tree=sb.start_tree, tree=sb.start_tree,
+                      commit=None, changes=(), frozen=sync.artifact_state(sb.tree, task),
+                      plan=measure_mod.Plan("none"), seconds_left=task.max_seconds)
+    ev = executors.evaluate(req, sb, deadline=time.monotonic() + task.max_seconds,
+                            log_dir=run.run_dir, note=run.report.info).evaluation
+    if ev.crash is not None:
+        raise StepCrash(ev.crash.kind, ev.crash.reason, ev.crash.tail)
+    if not ev.measured.candidate:
+        raise LoopError(ev.stop.reason if ev.stop else "no measurement came back")
+    return tuple(ev.measured.candidate), ev.measured.metrics

@@ -14,10 +14,10 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Protocol
 
-from loopengine import measure as measure_mod
 from loopengine.errors import LoopError, TaskError
 from loopengine.executors import remote
 from loopengine.executors.remote import Work, WorkResult
+from loopengine.iteration.common import EvalRequest
 from loopengine.sandbox import Sandbox
 from loopengine.task import Task
 
@@ -96,31 +96,13 @@ def wait(executor: Executor, future: Future[WorkResult], deadline: float,
         raise
 
 
-def make_work(task: Task, run_id: str, sb: Sandbox, candidate_tree: str,
-              plan: measure_mod.Plan, *, has_change: bool, deadline: float) -> Work:
-    """What travels to the worker: the task without local paths and the two trees' objects."""
-    return Work(
-        run_id=run_id,
-        task=remote.portable_task(task),
-        plan=plan,
-        start_tree=sb.start_tree,
-        candidate_tree=candidate_tree,
-        objects=remote.ship(sb.ctx, sb.start_tree, candidate_tree),
-        object_format=remote.object_format(sb.start_tree),
-        has_change=has_change,
-        seconds_left=deadline - time.monotonic(),
-        handed_at=time.time(),
-        marked_logs=task.policy.repeats > 1,
-    )
-
-
-def measure(task: Task, run_id: str, sb: Sandbox, candidate_tree: str, plan: measure_mod.Plan,
-            *, has_change: bool, deadline: float, log_dir: Path,
-            note: Callable[[str], None] = lambda text: None) -> WorkResult:
-    """Measure a frozen candidate (and its baseline, as ``plan`` says) on the task's
-    executor; the worker's step logs land in ``log_dir`` as a local run's do."""
-    work = make_work(task, run_id, sb, candidate_tree, plan, has_change=has_change,
-                     deadline=deadline)
+def evaluate(req: EvalRequest, sb: Sandbox, *, deadline: float, log_dir: Path,
+             env: dict[str, str] | None = None,
+             note: Callable[[str], None] = lambda text: None) -> WorkResult:
+    """Evaluate a frozen candidate on the task's executor; the worker's step logs land in
+    ``log_dir`` as a local run's do."""
+    task = req.task
+    work = remote.make_work(req, sb.ctx, env)
     executor = for_task(task)
     try:
         result = wait(executor, executor.submit(work), deadline, task.max_seconds)

@@ -255,6 +255,8 @@ class Ledger:
         self.internal_traceback: str | None = None
         # On every record: lines of the user's own that a keep commit carried.
         self.extra: dict[str, Any] = {"uncommitted_lines": 0}
+        # Where the measurements ran (section 14): the task's executor, and the node.
+        self.extra.update(executor=None, node=None)
         self.uncommitted = ""
         self.frozen: dict[str, str] = {}
         self.fingerprint: str | None = None
