@@ -93,6 +93,14 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def finish_batch(proc: subprocess.Popen[str], count: int,
+                 timeout: float = 300) -> tuple[int, list[dict[str, Any]], str]:
+    out, err = proc.communicate(timeout=timeout)
+    lines = out.splitlines()
+    assert len(lines) == count, f"stdout must be {count} lines: {out!r}\n{err}"
+    return proc.returncode, [json.loads(line) for line in lines], err
+
+
 def patch_adding(repo: Repo, tmp_path: Path, line: str, name: str) -> Path:
     """A patch that appends ``line`` to the artifact, made with git."""
     path = repo.path / "tasks/demo/notes.md"
@@ -242,26 +250,32 @@ def test_baseline_and_candidate_of_a_comparison_run_on_the_same_node(
     assert len({m["worker_pid"] for m in ran}) == 1  # one Ray task measured them all
 
 
-def test_candidates_at_once_spread_over_both_nodes(cluster: LocalCluster, repo: Repo,
-                                                  markers: Path, tmp_path: Path,
-                                                  isolated_env: Path,
-                                                  procs: list[subprocess.Popen[str]]) -> None:
-    repo.write_task(ray_task(markers, cluster.address, runner="6"))
+def test_a_batch_is_evaluated_across_both_nodes(cluster: LocalCluster, repo: Repo,
+                                                markers: Path, tmp_path: Path,
+                                                isolated_env: Path,
+                                                procs: list[subprocess.Popen[str]]) -> None:
+    repo.write_task(ray_task(markers, cluster.address, runner="4"))
     repo.commit("ray task")
-    patches = [patch_adding(repo, tmp_path, f"idea {i}", f"{i}.diff") for i in range(2)]
+    patches = [patch_adding(repo, tmp_path, "x" * (i + 1), f"{i}.diff") for i in range(2)]
     before = snapshot(repo, isolated_env)
-    runs = [start_run(repo, procs, "--patch", str(p)) for p in patches]
-    done = [finish(p) for p in runs]
-    records = [rec for _, rec, _ in done]
-    assert [code for code, _, _ in done] == [0, 0], done
+    batch = start_run(repo, procs, "--patch", str(patches[0]), "--patch", str(patches[1]),
+                      "--jobs", "2")
+    code, records, err = finish_batch(batch, 2)
+    assert code == 0, err
     assert {r["executor"] for r in records} == {"ray"}
     assert len({r["node"] for r in records}) == 2, "both nodes should have measured"
-    assert len({m["node"] for m in read_markers(markers)}) == 2
-    statuses = sorted(r["status"] for r in records)
-    assert statuses == ["discard", "keep"], records
+    for r in records:
+        assert len(r["node"]) == NODE_ID_LEN
+    # The batch's baseline was measured on the cluster too, then each candidate.
+    ran = read_markers(markers)
+    assert len({m["node"] for m in ran}) == 2
+    assert len(ran) == 3
+    assert sorted(r["status"] for r in records) == ["discard", "keep"], records
     kept = next(r for r in records if r["status"] == "keep")
-    assert_guarantees(repo, before, isolated_env, kept)
+    assert_guarantees(repo, before, isolated_env, kept, batch=records)
     assert repo.git("status", "--porcelain") == ""
+    for r in records:  # every candidate's ref, reviewable with plain git
+        assert repo.git("rev-parse", "--verify", r["ref"]).strip()
 
 
 def test_a_worker_node_killed_mid_evaluation_is_retried_on_another(
@@ -269,20 +283,23 @@ def test_a_worker_node_killed_mid_evaluation_is_retried_on_another(
         isolated_env: Path, procs: list[subprocess.Popen[str]]) -> None:
     repo.write_task(ray_task(markers, cluster.address, runner="8"))
     repo.commit("ray task")
-    patches = [patch_adding(repo, tmp_path, f"idea {i}", f"{i}.diff") for i in range(2)]
+    patches = [patch_adding(repo, tmp_path, "x" * (i + 1), f"{i}.diff") for i in range(2)]
     before = snapshot(repo, isolated_env)
-    runs = [start_run(repo, procs, "--patch", str(p)) for p in patches]
-    wait_for(lambda: len(read_markers(markers)) == 2)
-    doomed = next(m for m in read_markers(markers) if m["node"] != "head")
+    batch = start_run(repo, procs, "--patch", str(patches[0]), "--patch", str(patches[1]),
+                      "--jobs", "2")
+    baseline = lambda: len(read_markers(markers)) >= 1  # noqa: E731
+    wait_for(baseline)
+    wait_for(lambda: len(read_markers(markers)) == 3)  # the baseline, then both candidates
+    candidates = read_markers(markers)[1:]
+    doomed = next(m for m in candidates if m["node"] != "head")
     node = next(n for n in cluster.nodes if n.name == doomed["node"])
     try:
         node.kill()
-        done = [finish(p) for p in runs]
+        code, records, err = finish_batch(batch, 2)
     finally:
         cluster.nodes.remove(node)
         cluster.add_worker()  # the next test gets its two nodes again
-    records = [rec for _, rec, _ in done]
-    assert [code for code, _, _ in done] == [0, 0], done
+    assert code == 0, (records, err)
     retried = next(r for r in records if r["run_id"] == doomed["run_id"])
     other = next(r for r in records if r["run_id"] != doomed["run_id"])
     assert retried["status"] in ("keep", "discard"), retried
@@ -294,7 +311,7 @@ def test_a_worker_node_killed_mid_evaluation_is_retried_on_another(
     assert "retried once" in log and "runner done" in log
     assert sorted(r["status"] for r in records) == ["discard", "keep"]
     kept = next(r for r in records if r["status"] == "keep")
-    assert_guarantees(repo, before, isolated_env, kept)
+    assert_guarantees(repo, before, isolated_env, kept, batch=records)
     assert repo.git("status", "--porcelain") == ""
 
 
