@@ -14,6 +14,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Protocol
 
+from loopengine import process
 from loopengine.errors import LoopError, TaskError
 from loopengine.executors import remote
 from loopengine.executors.remote import Work, WorkResult
@@ -83,6 +84,7 @@ def wait(executor: Executor, future: Future[WorkResult], deadline: float,
     (its steps killed where they run) before the exception goes on."""
     try:
         while True:
+            process.check_cancelled()  # a batch's worker thread: the signal came to main
             try:
                 return future.result(timeout=POLL_SECONDS)
             except TimeoutError:
