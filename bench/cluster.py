@@ -90,9 +90,8 @@ def batch(repo: Path, n: int) -> float:
 def in_process_overhead(address: str, calls: int) -> tuple[float, float]:
     """Median seconds of one submit -> result, local thread pool against Ray."""
     from loopengine import diff, git, measure, sandbox, sync
-    from loopengine.executors import local
+    from loopengine.executors import local, remote
     from loopengine.executors import ray as ray_executor
-    from loopengine.executors import remote
     from loopengine.iteration.common import EvalRequest
     from loopengine.task import Executor, load_task
 
