@@ -223,8 +223,10 @@ def test_a_terminal_gets_a_rich_table(repo: Repo, campaign: dict[str, Any]) -> N
     assert "keeps 2, discards 1, crashes 2 (mutator 1, runner 1)" in plain
 
 
+@pytest.mark.parametrize("ending", ["STOP file", "SIGKILL"])
 def test_status_shows_a_real_loop_while_it_runs(repo: Repo, tmp_path: Path,
-                                                procs: list[subprocess.Popen[str]]) -> None:
+                                                procs: list[subprocess.Popen[str]],
+                                                ending: str) -> None:
     started = tmp_path / "runner-started"
     repo.write_task(default_task(runner__command=f"touch {started}; sleep 2"))
     repo.commit("a slow runner")
@@ -237,12 +239,24 @@ def test_status_shows_a_real_loop_while_it_runs(repo: Repo, tmp_path: Path,
         time.sleep(0.2)
     [state_file] = (repo.path / "work/loops").glob("*/state.json")
     loop_id = state_file.parent.name
-    running = status(repo)["tasks"][0]["loop"]
+    task = status(repo)["tasks"][0]
+    running = task["loop"]
     assert running is not None and running["loop_id"] == loop_id
     assert running["pid"] == loop.pid and running["stop_requested"] is False
-    (state_file.parent / "STOP").touch()
-    assert status(repo)["tasks"][0]["loop"]["stop_requested"] is True
-    out, err = loop.communicate(timeout=180)
-    assert loop.returncode == 0, err
-    assert json.loads(out)["stop_reason"]
-    assert status(repo)["tasks"][0]["loop"] is None
+    assert task["last_loop"]["status"] == "running" and not task["last_loop"]["resumable"]
+    if ending == "STOP file":
+        (state_file.parent / "STOP").touch()
+        assert status(repo)["tasks"][0]["loop"]["stop_requested"] is True
+        out, err = loop.communicate(timeout=180)
+        assert loop.returncode == 0, err
+        assert json.loads(out)["stop_reason"]
+        expected = "stopped"
+    else:
+        loop.kill()
+        loop.wait()
+        expected = "killed"
+    task = status(repo)["tasks"][0]
+    assert task["loop"] is None
+    assert task["last_loop"]["loop_id"] == loop_id
+    assert task["last_loop"]["status"] == expected and task["last_loop"]["resumable"]
+    assert f"loopengine loop --resume {loop_id}" in repo.run(command="status").stdout

@@ -135,6 +135,7 @@ def task_status(root: Path, task_id: str, task: Task | None, task_error: str | N
             "run_id": last.get("run_id"), "status": last.get("status"),
             "started_at": last.get("started_at"), "reason": last.get("reason")},
         "loop": _running(loops),
+        "last_loop": _last_loop(loops),
     }
 
 
@@ -363,6 +364,24 @@ def _running(loops: list[dict[str, Any]]) -> dict[str, Any] | None:
     return None
 
 
+def _last_loop(loops: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The newest loop, running or not, and whether ``loop --resume`` can continue it."""
+    if not loops:
+        return None
+    state = max(loops, key=lambda s: str(s.get("loop_id")))
+    alive = loop_alive(state)
+    if alive:
+        ended = "running"
+    elif state.get("status", "running") == "running":
+        ended = "killed"  # it says running, and its process is gone
+    else:
+        ended = str(state.get("status"))
+    return {"loop_id": state.get("loop_id"), "status": ended,
+            "stop_reason": state.get("stop_reason"), "iterations": state.get("iterations"),
+            "keeps": state.get("keeps"), "best_score": state.get("best_score"),
+            "resumable": not alive and ended != "finished"}
+
+
 def loop_alive(state: dict[str, Any]) -> bool:
     # The loop writes "running" when it starts or resumes; anything else has ended.
     if state.get("stop_reason") or state.get("status", "running") != "running":
@@ -451,7 +470,14 @@ def _lines(t: dict[str, Any]) -> list[tuple[str, str]]:
                              f"{loop.get('iterations') or 0} iterations)"
                      + ("; STOP requested" if loop.get("stop_requested") else "")))
     else:
-        rows.append(("loop", "none running"))
+        last = t["last_loop"]
+        text = "none running"
+        if last is not None:
+            why = f" ({last['stop_reason']})" if last.get("stop_reason") else ""
+            text += f"; the last, {last['loop_id']}, {last['status']}{why}"
+            if last["resumable"]:
+                text += f": `loopengine loop --resume {last['loop_id']}` continues it"
+        rows.append(("loop", text))
     if t["task_error"]:
         rows.append(("task file", f"error: {t['task_error']}"))
     title = t["task_id"] + (f"  ({t['task_file']})" if t["task_file"] else "")
