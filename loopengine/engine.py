@@ -165,12 +165,15 @@ def save_ref(run: Ledger) -> None:
         return
     decision = run.decision or decide_mod.Decision("crash", "no decision was reached",
                                                     crash_kind="internal")
+    changes = refs.saved_changes(task, run.stats.files, decision.violations)
     try:
+        # Only the ref's blobs reach the user's object store, nothing else the step made.
+        sandbox.promote(sb, repo, [f.new_sha for f in changes if f.status != "D"])
         saved = refs.save(
             repo, sb.ctx, task=task, run_id=run.run_id, status=decision.status,
             reason=decision.reason or decision.status, summary=run.stats.summary,
             start_commit=sb.head,
-            changes=refs.saved_changes(task, run.stats.files, decision.violations),
+            changes=changes,
             score=run.score, baseline=run.baseline.score if run.baseline else None,
             scratch=sb.base)
     except LoopError as exc:
