@@ -148,3 +148,32 @@ def test_batch_options_that_do_not_go_together(repo: Repo, tmp_path: Path) -> No
     assert result.code == 2 and result.stdout == ""
     result = repo.run("--candidates", "2", "--keep-sandbox")
     assert result.code == 2 and result.stdout == ""
+
+
+def test_sigterm_stops_every_candidate_and_each_writes_its_record(
+        repo: Repo, isolated_env: Path, procs: list[Any]) -> None:
+    import signal
+    import subprocess
+    import time
+
+    # The batch's baseline measurement is quick; the candidates' runners are not.
+    batch_task(repo, runner__command='test -z "$LOOPENGINE_CANDIDATE" || sleep 60')
+    proc = subprocess.Popen([PY, "-m", "loopengine", "run", "--task", "tasks/demo/task.yaml",
+                             "--candidates", "2", "--jobs", "2"], cwd=repo.path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    procs.append(proc)
+    deadline = time.monotonic() + 60
+    runs = repo.path / "work" / "runs"
+    while len(list(runs.glob("*/runner.log"))) < 3:  # the baseline's and both candidates'
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    recs = records(out)
+    assert [r["status"] for r in recs] == ["crash", "crash"]
+    assert all(r["crash_kind"] == "interrupted" for r in recs)
+    assert "SIGTERM" in recs[0]["reason"]
+    assert os.listdir(isolated_env) == []
+    assert repo.git("worktree", "list").count("\n") == 1
