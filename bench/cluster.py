@@ -153,6 +153,11 @@ def main() -> None:
     print(f"  one node : {t1:6.1f} s  {60 * n / t1:5.1f} candidates/min")
     print(f"  two nodes: {t2:6.1f} s  {60 * n / t2:5.1f} candidates/min")
     print(f"  throughput ratio two/one: {t1 / t2:.2f}x (2.00x is perfect scaling)")
+    # The batch's fixed cost (start-up, 8 sandboxes, joining the cluster, the keep) is the
+    # same on one node and two: without it, what the second node adds to the measuring.
+    if t2 > tr:
+        print(f"  net of the batch's fixed cost ({tr:.1f} s, the same batch with a runner "
+              f"that does nothing): {(t1 - tr) / (t2 - tr):.2f}x")
     print(f"overhead, batch of {n} with a runner that does nothing:")
     print(f"  executor local: {tl:6.2f} s  ({tl / n:.2f} s per candidate)")
     print(f"  executor ray  : {tr:6.2f} s  ({tr / n:.2f} s per candidate, one node)")

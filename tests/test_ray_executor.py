@@ -168,6 +168,18 @@ def test_the_work_carries_two_trees_and_no_path_of_the_callers_machine(
 # Set-up and an unreachable cluster (no cluster needed)
 
 
+def test_a_local_run_says_it_measured_here(repo: Repo, guarded: Any) -> None:
+    rec = guarded().record
+    assert rec["executor"] == "local" and rec["node"] is None
+
+
+def test_a_task_file_that_cannot_be_read_names_no_executor(repo: Repo) -> None:
+    repo.write_task(text="id: [broken\n")
+    rec = repo.run().record
+    assert rec["crash_kind"] == "config"
+    assert rec["executor"] is None and rec["node"] is None
+
+
 def test_a_cluster_that_cannot_be_reached_is_an_executor_crash(repo: Repo, markers: Path,
                                                                guarded: Any) -> None:
     repo.write_task(ray_task(markers, f"127.0.0.1:{free_port()}"))
@@ -357,19 +369,35 @@ def test_a_timeout_on_the_worker_kills_the_whole_step_tree(cluster: LocalCluster
     wait_for(lambda: not pid_alive(int(pidfile.read_text())), timeout=10)
 
 
-def test_an_interrupt_cancels_the_ray_task_and_its_steps(cluster: LocalCluster, repo: Repo,
-                                                        markers: Path, isolated_env: Path,
-                                                        procs: list[subprocess.Popen[str]],
-                                                        ) -> None:
+def test_resources_no_node_has_end_as_a_budget_crash(cluster: LocalCluster, repo: Repo,
+                                                      markers: Path, guarded: Any) -> None:
+    task = ray_task(markers, cluster.address, budget__max_seconds=3)
+    task["executor"]["resources"] = {"num_cpus": 64, "num_gpus": 0}
+    repo.write_task(task)
+    repo.commit("ray task")
+    started = time.monotonic()
+    result = guarded()  # stdout is one record line, whatever Ray says about the request
+    rec = result.record
+    assert rec["status"] == "crash" and rec["crash_kind"] == "budget", rec
+    assert "budget.max_seconds (3s) ran out before the ray executor returned" in rec["reason"]
+    assert list(markers.iterdir()) == []
+    assert time.monotonic() - started < 90
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_cancels_the_ray_task_and_its_steps(cluster: LocalCluster, repo: Repo,
+                                                    markers: Path, isolated_env: Path,
+                                                    procs: list[subprocess.Popen[str]],
+                                                    signum: int, code: int) -> None:
     repo.write_task(ray_task(markers, cluster.address, runner="60"))
     repo.commit("ray task")
     before = snapshot(repo, isolated_env)
     run = start_run(repo, procs)
     wait_for(lambda: len(read_markers(markers)) == 1)
     [ran] = read_markers(markers)
-    run.send_signal(signal.SIGINT)
-    code, rec, err = finish(run, timeout=60)
-    assert code == 130, err
+    run.send_signal(signum)
+    exit_code, rec, err = finish(run, timeout=60)
+    assert exit_code == code, err
     assert rec["status"] == "crash" and rec["crash_kind"] == "interrupted"
     assert_guarantees(repo, before, isolated_env, rec)
     wait_for(lambda: not pid_alive(ran["pid"]), timeout=15)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import socket
 import sys
 import threading
@@ -205,6 +206,8 @@ def connect(address: str) -> str:
             target = os.environ.get("RAY_ADDRESS") or "auto"
         if target != "auto":
             _probe(target)
+        elif _stale_local_cluster():
+            target = "private"
         _keep_stdout_clean()
         options: dict[str, Any] = {
             # Workers' output must never reach our stdout (one record line, nothing else).
@@ -212,18 +215,36 @@ def connect(address: str) -> str:
             "logging_level": logging.WARNING,
             "configure_logging": True,
         }
+        # ray.init puts its own SIGTERM handler (sys.exit) in place of the engine's, which
+        # must turn SIGTERM into a record and exit status 143: put ours back.
+        main = threading.current_thread() is threading.main_thread()
+        handler = signal.getsignal(signal.SIGTERM) if main else None
+        try:
+            return _init(address, target, options)
+        finally:
+            if main and handler is not None:
+                signal.signal(signal.SIGTERM, handler)
+
+
+def _init(address: str, target: str, options: dict[str, Any]) -> str:
+    if target != "private":
         try:
             ray.init(address=target, **options)
+            return target
         except ConnectionError as exc:
             if address != "auto" or target != "auto":
                 raise ExecutorError(_unreachable(target, str(exc))) from exc
-            print("loopengine: no Ray cluster is running here (ray start --head); "
-                  "starting a private one for this run", file=sys.stderr)
-            ray.init(include_dashboard=False, **options)
         except Exception as exc:
             raise ExecutorError(f"cannot join the Ray cluster at {target}: "
                                 f"{type(exc).__name__}: {_first(exc)}") from exc
-        return target
+    print("loopengine: no Ray cluster is running here (ray start --head); starting a "
+          "private one for this run", file=sys.stderr)
+    try:
+        ray.init(include_dashboard=False, **options)
+    except Exception as exc:
+        raise ExecutorError(f"could not start a private Ray here: {type(exc).__name__}: "
+                            f"{_first(exc)}") from exc
+    return "private"
 
 
 def _keep_stdout_clean() -> None:
@@ -240,6 +261,24 @@ def _keep_stdout_clean() -> None:
 
     to_stderr._loopengine = True  # type: ignore[attr-defined]
     worker.print_to_stdstream = to_stderr
+
+
+def _stale_local_cluster() -> bool:
+    """The address file of this machine's cluster names one that no longer answers (Ray's
+    own connect would retry it for minutes)."""
+    try:
+        from ray._private.utils import read_ray_address
+
+        found = read_ray_address()
+    except Exception:
+        return False
+    if not found:
+        return False
+    try:
+        _probe(found)
+    except ExecutorError:
+        return True
+    return False
 
 
 def _probe(address: str) -> None:
