@@ -10,6 +10,7 @@ no ``cat-file`` process alive between calls.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import subprocess
@@ -111,13 +112,19 @@ def clean_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
 _BASE_ENV: dict[str, str] | None = None
 
 
-def _env(index_file: Path | None, extra: Mapping[str, str] | None) -> dict[str, str]:
+def _env(ctx: Context, extra: Mapping[str, str] | None) -> dict[str, str]:
     global _BASE_ENV
     if _BASE_ENV is None:
         _BASE_ENV = clean_env()
     env = dict(_BASE_ENV)
-    if index_file is not None:
-        env["GIT_INDEX_FILE"] = str(index_file)
+    if ctx.index_file is not None:
+        env["GIT_INDEX_FILE"] = str(ctx.index_file)
+    if ctx.object_dir is not None:
+        # The engine's own objects (the candidate's blobs and trees) go to a store of the
+        # sandbox's; the repository's objects are read through it as an alternate.
+        env["GIT_OBJECT_DIRECTORY"] = str(ctx.object_dir)
+        if ctx.alternate is not None:
+            env["GIT_ALTERNATE_OBJECT_DIRECTORIES"] = str(ctx.alternate)
     if extra:
         env.update(extra)
     return env
@@ -131,9 +138,14 @@ class Context:
     git_dir: Path | None = None
     work_tree: Path | None = None
     index_file: Path | None = None
+    object_dir: Path | None = None  # where new objects go (a sandbox's private store)
+    alternate: Path | None = None  # the repository's objects, read through object_dir
 
     def with_index(self, index_file: Path | None) -> Context:
-        return Context(self.cwd, self.git_dir, self.work_tree, index_file)
+        return dataclasses.replace(self, index_file=index_file)
+
+    def with_objects(self, object_dir: Path, alternate: Path) -> Context:
+        return dataclasses.replace(self, object_dir=object_dir, alternate=alternate)
 
 
 def command(ctx: Context, args: Sequence[str]) -> list[str]:
@@ -164,7 +176,7 @@ def run(
             input=input,
             stdin=None if input is not None else subprocess.DEVNULL,
             capture_output=True,
-            env=_env(ctx.index_file, env),
+            env=_env(ctx, env),
             timeout=timeout,
             check=False,
         )
@@ -181,7 +193,7 @@ def run_to(ctx: Context, fh: IO[bytes], *args: str,
     through this process's memory); stderr is captured."""
     try:
         return subprocess.run(command(ctx, args), cwd=ctx.cwd, stdin=subprocess.DEVNULL,
-                              stdout=fh, stderr=subprocess.PIPE, env=_env(ctx.index_file, None),
+                              stdout=fh, stderr=subprocess.PIPE, env=_env(ctx, None),
                               timeout=timeout, check=False)
     except subprocess.TimeoutExpired as exc:
         raise GitError(f"git {' '.join(args)}: timed out after {timeout:.0f}s") from exc
@@ -360,3 +372,39 @@ def attributes(ctx: Context, path: str) -> dict[str, str]:
     if auto and auto != b"false" and "text" not in found:
         found["core.autocrlf"] = auto.decode("utf-8", "replace")
     return found
+
+
+def promote(source: Context, target: Context, shas: Sequence[str]) -> None:
+    """Copy the objects ``shas`` that ``target``'s store lacks from ``source``'s store
+    (a sandbox's private one), exactly those: ``pack-objects`` into ``unpack-objects``,
+    streamed, so a large blob never passes through this process."""
+    wanted = [s for s in dict.fromkeys(shas) if s and s.strip("0")]
+    if not wanted:
+        return
+    listed = run(target, "cat-file", "--batch-check=%(objectname)",
+                 input="".join(f"{s}\n" for s in wanted).encode()).stdout.decode()
+    missing = [line.split()[0] for line in listed.splitlines() if line.endswith(" missing")]
+    if not missing:
+        return
+    big = ("-c", "core.bigFileThreshold=16m")  # stream large blobs, never hold them whole
+    pack = subprocess.Popen(command(source, [*big, "pack-objects", "-q", "--stdout"]),
+                            cwd=source.cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=_env(source, None))
+    assert pack.stdin is not None and pack.stdout is not None
+    try:
+        unpack = subprocess.Popen(command(target, [*big, "unpack-objects", "-q"]),
+                                  cwd=target.cwd, stdin=pack.stdout, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, env=_env(target, None))
+        pack.stdout.close()
+        pack.stdin.write("".join(f"{s}\n" for s in missing).encode())
+        pack.stdin.close()
+        _, unpack_err = unpack.communicate(timeout=GIT_TIMEOUT)
+        pack_err = pack.stderr.read() if pack.stderr is not None else b""
+        pack.wait(timeout=GIT_TIMEOUT)
+    except BaseException:
+        pack.kill()
+        pack.wait()
+        raise
+    if pack.returncode != 0 or unpack.returncode != 0:
+        raise GitError("could not copy the kept objects into the repository: "
+                       f"{(pack_err + unpack_err).decode('utf-8', 'replace').strip()[-2000:]}")

@@ -217,7 +217,10 @@ def _reset_member(member: Member, repo: git.RepoInfo) -> tuple[Path, git.Context
         member.folder.mkdir(mode=0o700)
         admin = sandbox.add_worktree(repo, tree, checkout=False)
         (member.folder / "admin").write_text(f"{admin}\n")
-    ctx = git.Context(tree, git_dir=admin, work_tree=tree)
+    # The last run's private objects (its candidate's blobs) go with the reset.
+    sandbox._rmtree(member.folder / "objects")
+    ctx = sandbox.private_objects(git.Context(tree, git_dir=admin, work_tree=tree),
+                                  member.folder, repo)
     _reset(member, repo, ctx, admin)
     return admin, ctx
 

@@ -163,7 +163,7 @@ def _create_worktree(repo: git.RepoInfo, base: Path, overlay: Iterable[str]) -> 
     assert repo.head is not None and repo.common_dir is not None
     tree = base / "tree"
     admin = add_worktree(repo, tree)
-    ctx = git.Context(tree, git_dir=admin, work_tree=tree)
+    ctx = private_objects(git.Context(tree, git_dir=admin, work_tree=tree), base, repo)
     start_index = base / "start.index"
     # copy2: an index keeps its mtime, or git's racy-clean check trusts stat data that a
     # same-second, same-size edit did not change, and the edit is missed.
@@ -227,7 +227,8 @@ def _create_copy(repo: git.RepoInfo, base: Path) -> Sandbox:
                     copy_function=shutil.copy)
     if repo.is_git:
         assert repo.common_dir is not None
-        ctx = git.Context(tree, git_dir=repo.common_dir, work_tree=tree)
+        ctx = private_objects(git.Context(tree, git_dir=repo.common_dir, work_tree=tree),
+                              base, repo)
         _private_git(tree, repo.common_dir, head=None, branch=repo.branch)
     else:
         scratch = base / "engine.git"
@@ -461,6 +462,18 @@ def _rmtree(path: Path, *, large: bool = False) -> None:
 
 
 def promote(sb: Sandbox, repo: git.RepoInfo, shas: Iterable[str]) -> None:
-    """Copy the objects ``shas`` (and, for commits and trees, what they reach) from the
-    sandbox's private object store into the user's; only what is kept or saved goes."""
-    del sb, repo, shas  # the engine's objects still go to the user's store
+    """Copy the objects ``shas`` from the sandbox's private object store into the user's,
+    exactly those (a kept artifact's blobs, a candidate ref's): nothing else the engine
+    wrote while it read the candidate ever reaches the user's ``.git/objects``."""
+    if not repo.is_git:
+        return
+    git.promote(sb.ctx, repo.ctx, list(shas))
+
+
+def private_objects(ctx: git.Context, base: Path, repo: git.RepoInfo) -> git.Context:
+    """``ctx`` writing its objects into ``base/objects`` (made here), reading the user's."""
+    assert repo.common_dir is not None
+    store = base / "objects"
+    (store / "info").mkdir(parents=True, exist_ok=True)
+    (store / "pack").mkdir(exist_ok=True)
+    return ctx.with_objects(store, repo.common_dir / "objects")

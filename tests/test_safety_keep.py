@@ -262,3 +262,40 @@ def test_no_temporary_index_survives_a_kill_while_the_commit_is_built(
     assert os.listdir(tmp) == []
     assert os.listdir(isolated_env) == []
     assert time.time() > 0
+
+
+# -- point 10: the engine's objects stay in the sandbox --------------------------------------
+
+
+def has_object(repo: Repo, data: bytes) -> bool:
+    sha = subprocess.run(["git", "hash-object", "--stdin"], cwd=repo.path, input=data,
+                         capture_output=True, check=True).stdout.decode().strip()
+    return subprocess.run(["git", "cat-file", "-e", sha], cwd=repo.path,
+                          capture_output=True).returncode == 0
+
+
+def test_a_discarded_candidates_files_never_reach_the_users_object_store(
+        repo: Repo, isolated_env: Path, tmp_path: Path) -> None:
+    junk = os.urandom(1 << 20)
+    (tmp_path / "junk.bin").write_bytes(junk)
+    mutate = tmp_path / "mutate.sh"
+    mutate.write_text(f"cp {tmp_path / 'junk.bin'} dump.bin\necho more >> notes.md\n")
+    repo.write_task(default_task(mutator__command=f"sh {mutate}"))
+    repo.commit("a mutator that leaves a large file")
+    repo.write("scratch.txt", "the user's own untracked notes\n")
+    for _ in range(3):
+        rec = checked(repo, repo.run())
+        assert rec["status"] == "discard", rec
+    assert not has_object(repo, junk)
+    assert not has_object(repo, b"the user's own untracked notes\n")
+    assert repo.git("fsck", "--no-progress", "--no-dangling") == ""
+    assert os.listdir(isolated_env) == []
+
+
+def test_only_the_kept_blob_reaches_the_users_object_store(repo: Repo) -> None:
+    repo.write("scratch.txt", "untracked, changed on every run\n")
+    rec = checked(repo, repo.run())
+    assert rec["status"] == "keep"
+    assert has_object(repo, b"first\nmore\n")
+    assert not has_object(repo, b"untracked, changed on every run\n")
+    assert repo.git("fsck", "--no-progress", "--no-dangling") == ""

@@ -20,7 +20,6 @@ from pathlib import Path
 from loopengine import decide as decide_mod
 from loopengine import git
 from loopengine.diff import FileChange
-from loopengine.errors import GitError
 from loopengine.results import printable
 from loopengine.task import Task, match_artifact
 
@@ -83,19 +82,8 @@ def save(repo: git.RepoInfo, source: git.Context, *, task: Task, run_id: str, st
 
 
 def promote(repo: git.RepoInfo, source: git.Context, shas: Sequence[str]) -> None:
-    """Copy into the user's object store the blobs it lacks (only these, one by one)."""
-    wanted = [s for s in dict.fromkeys(shas) if s and s.strip("0")]
-    if not wanted:
-        return
-    listed = git.run(repo.ctx, "cat-file", "--batch-check=%(objectname)",
-                     input="".join(f"{s}\n" for s in wanted).encode()).stdout.decode()
-    for line in listed.splitlines():
-        if line.endswith(" missing"):
-            sha = line.split()[0]
-            data = git.run(source, "cat-file", "blob", sha).stdout
-            made = git.out(repo.ctx, "hash-object", "-w", "--stdin", input=data)
-            if made != sha:
-                raise GitError(f"promoting blob {sha} wrote {made}")
+    """Copy into the user's object store the blobs it lacks (only these), streamed."""
+    git.promote(source, repo.ctx, shas)
 
 
 def _index_info(changes: Sequence[FileChange]) -> bytes:
