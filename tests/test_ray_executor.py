@@ -339,6 +339,22 @@ def test_a_lost_worker_is_retried_once(cluster: LocalCluster, repo: Repo, marker
     assert "the Ray worker running the measurements died" in log and "retried once" in log
 
 
+def test_a_ray_task_cancelled_by_someone_else_is_retried_once(cluster: LocalCluster,
+                                                              repo: Repo, markers: Path) -> None:
+    repo.write_task(ray_task(markers, cluster.address, runner="3"))
+    repo.commit("ray task")
+    proc = subprocess.run([PY, str(BIN / "cancel_once.py"), str(repo.path), cluster.address,
+                           str(markers)], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.splitlines()[-1])
+    assert out["crash"] == "None"
+    assert out["candidate"] == [2.0]
+    assert out["markers"] == 2
+    [lost] = out["retried"]
+    assert lost.startswith("the Ray task was cancelled")
+
+
 def test_lost_twice_is_an_executor_crash(cluster: LocalCluster, repo: Repo, markers: Path,
                                          guarded: Any) -> None:
     repo.write_task(ray_task(markers, cluster.address, runner="0.5 --kill-worker"))
