@@ -14,6 +14,7 @@ at the single-candidate confidence would keep noise far more often than promised
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import dataclasses
 import datetime as dt
 import time
@@ -104,14 +105,22 @@ def run_batch(opts: BatchOptions) -> BatchOutcome:
     slots = [_Slot(i, Ledger(opts.repo_root, opts.reporter, run_id=run_ids[i],
                              batch_id=batch_id), opts.patches[i] if opts.patches else None)
              for i in range(count)]
+    with contextlib.suppress(LoopError):
+        # Once in this thread first: the threads below would import the task schema's
+        # modules at the same moment, and a module half-imported by one is seen by another.
+        load_task(opts.task_path, opts.repo_root)
     signum: int | None = None
     with SignalGuard() as guard, cf.ThreadPoolExecutor(
-            max_workers=max(1, opts.jobs), thread_name_prefix="loopengine-candidate") as pool:
-        futures: list[cf.Future[None]] = []
+            max_workers=max(1, opts.jobs), thread_name_prefix="loopengine-candidate") as pool, \
+            cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="loopengine-baseline") as side:
+        futures: list[cf.Future[Any]] = []
         try:
             guard.raise_pending()
-            measure_baseline(opts, batch_id)
-            futures = [pool.submit(_candidate, opts, slot, count, batch_id) for slot in slots]
+            # The baseline is measured while the candidates are prepared (sandbox, mutator,
+            # validation); each candidate waits for it only before its evaluation.
+            baseline = side.submit(measure_baseline, opts, batch_id)
+            futures = [baseline, *(pool.submit(_candidate, opts, slot, count, baseline)
+                                   for slot in slots)]
             _wait(futures)
         except Interrupted as exc:
             signum = exc.signum
@@ -136,13 +145,14 @@ def run_batch(opts: BatchOptions) -> BatchOutcome:
     return BatchOutcome(records, code, messages, batch_id)
 
 
-def _wait(futures: Sequence[cf.Future[None]]) -> None:
+def _wait(futures: Sequence[cf.Future[Any]]) -> None:
     pending = set(futures)
     while pending:  # in slices, so that a signal reaches the main thread promptly
         _done, pending = cf.wait(pending, timeout=_WAIT)
 
 
-def _candidate(opts: BatchOptions, slot: _Slot, count: int, batch_id: str) -> None:
+def _candidate(opts: BatchOptions, slot: _Slot, count: int,
+               baseline: cf.Future[Measured | None]) -> None:
     """prepare -> evaluate -> decide alone, in a worker thread; never raises."""
     run = slot.run
     run.guard = SignalGuard()  # not entered: only its deferral; signals come via cancel
@@ -152,7 +162,7 @@ def _candidate(opts: BatchOptions, slot: _Slot, count: int, batch_id: str) -> No
         process.check_cancelled()
         cand = prepare(run, opts.task_path, patch_file=slot.patch,
                        env={CANDIDATE_VAR: str(slot.index)})
-        cand = _batch_view(run, cand, count, batch_id)
+        cand = _batch_view(run, cand, count, baseline.result())
         process.check_cancelled()
         slot.ev = evaluate_candidate(run, cand)
         slot.cand = cand
@@ -177,24 +187,26 @@ def _release(slot: _Slot) -> None:
         cleanup(slot.run, keep_sandbox=False)
 
 
-def _batch_view(run: Ledger, cand: Candidate, count: int, batch_id: str) -> Candidate:
+def _batch_view(run: Ledger, cand: Candidate, count: int,
+                measured: Measured | None) -> Candidate:
     """The candidate as the batch judges it: the batch's own baseline, and the confidence
     corrected for the number of candidates compared."""
     policy = cand.task.policy
     task = dataclasses.replace(cand.task, policy=dataclasses.replace(
         policy, confidence=corrected_confidence(policy.confidence, count)))
-    plan = cand.plan
-    stored = cand.stored
-    if (stored is not None and stored.run_id == batch_id
-            and stored.fingerprint == cand.fingerprint
-            and stored.artifacts == sync.digest(cand.start_state)):
+    plan, stored = cand.plan, cand.stored
+    # The candidate read the store before or after the batch stored its baseline.
+    if (measured is not None and stored in (measured.replaced, measured.new)
+            and measured.new.fingerprint == cand.fingerprint
+            and measured.new.artifacts == sync.digest(cand.start_state)):
         # Measured for this batch a moment ago: never again per candidate, whatever
         # policy.remeasure_baseline says.
+        stored = run.stored = run.baseline = measured.new
         plan = measure_mod.Plan("stored", stored.scores or (stored.score,))
-        run.baseline = stored
     run.plan = plan
     run.task = task
-    return dataclasses.replace(cand, task=task, plan=plan, baseline=run.baseline)
+    return dataclasses.replace(cand, task=task, plan=plan, stored=stored,
+                               baseline=run.baseline)
 
 
 def _better(a: float, b: float, direction: str) -> bool:
@@ -267,7 +279,15 @@ def _lost(s: _Slot, winner: _Slot | None, kept: bool) -> decide_mod.Decision:
 # One baseline for the whole batch
 
 
-def measure_baseline(opts: BatchOptions, batch_id: str) -> None:
+@dataclass(frozen=True)
+class Measured:
+    """The baseline a batch measured and stored, and what it replaced in the store."""
+
+    new: Baseline
+    replaced: Baseline | None
+
+
+def measure_baseline(opts: BatchOptions, batch_id: str) -> Measured | None:
     """Measure the baseline once for the batch and store it, unless a comparable one is
     stored.  A failure is left to the candidates, which then measure it as ``run`` would."""
     run = Ledger(opts.repo_root, opts.reporter, run_id=batch_id)
@@ -283,7 +303,7 @@ def measure_baseline(opts: BatchOptions, batch_id: str) -> None:
         choose_baseline(run)
         assert run.plan is not None
         if run.plan.source == "stored" and not task.policy.remeasure_baseline:
-            return
+            return None
         opts.reporter.phase("the batch's baseline")
         if task.executor.kind != "local":
             scores, metrics = _baseline_elsewhere(run, batch_id)
@@ -302,9 +322,12 @@ def measure_baseline(opts: BatchOptions, batch_id: str) -> None:
             if (load_baseline(opts.repo_root, task.id) == run.stored
                     and sync.artifact_state(opts.repo_root, task) == run.start_state):
                 store_baseline(opts.repo_root, task.id, new)
-    except LoopError as exc:
+                return Measured(new, run.stored)
+        return None
+    except Exception as exc:  # never fatal: the candidates measure it then
         opts.reporter.info(f"the batch's baseline could not be measured ({exc}); each "
                            "candidate measures it")
+        return None
     finally:
         cleanup(run, keep_sandbox=False)
         run.alive.release()
