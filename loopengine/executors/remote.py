@@ -108,6 +108,9 @@ def measure(work: Work, node: str | None = None) -> WorkResult:
     try:
         try:
             sb = _unpack(work, base)
+            # There is no main tree here; isolation hides an empty folder in its place.
+            (base / "main").mkdir()
+            req = replace(req, task=replace(req.task, repo_root=base / "main"))
             steps = Steps(req.task, sb, req.run_id, logs,
                           deadline=time.monotonic() + req.seconds_left, report=Reporter(),
                           env=work.env)
