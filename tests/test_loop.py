@@ -159,3 +159,53 @@ def test_resume_refuses_what_it_cannot_continue(repo: Repo) -> None:
     assert result.code == 1 and "has finished" in result.stderr
     result = repo.run(command="loop", task="")
     assert result.code == 2
+
+
+def test_on_a_terminal_a_live_line_and_a_summary_table(repo: Repo) -> None:
+    import pty
+    import re
+    import threading
+
+    set_task(repo, runner__command="sleep 0.6")
+    leader, follower = pty.openpty()
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(leader, 4096)
+            except OSError:
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    proc = subprocess.run([PY, "-m", "loopengine", "loop", "--task", "tasks/demo/task.yaml",
+                           "--iterations", "2", "--max-seconds", "600"], cwd=repo.path,
+                          stdout=subprocess.PIPE, stderr=follower,
+                          env={**os.environ, "TERM": "xterm", "COLUMNS": "160"},
+                          check=False, timeout=120)
+    os.close(follower)
+    reader.join(5)
+    os.close(leader)
+    assert proc.returncode == 0
+    summary = json.loads(proc.stdout)
+    shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode("utf-8", "replace"))
+    assert "iteration 1/2" in shown and "keeps 0" in shown and "left" in shown
+    assert "iteration 2/2" in shown and "best 2" in shown
+    assert f"loop {summary['loop_id']}: 2 iterations" in shown  # the table's title
+    assert summary["run_ids"][1] in shown
+
+
+def test_without_a_terminal_rich_is_never_imported(repo: Repo) -> None:
+    script = ("import sys\nfrom loopengine.cli import main\n"
+              "try:\n    main(['loop', '--task', 'tasks/demo/task.yaml', '--iterations', '1'])\n"
+              "except SystemExit:\n    pass\n"
+              "print(sorted(m for m in sys.modules if m.split('.')[0] == 'rich'), "
+              "file=sys.stderr)\n")
+    proc = subprocess.run([PY, "-c", script], cwd=repo.path, capture_output=True, text=True,
+                          check=False)
+    assert json.loads(proc.stdout)["iterations"] == 1
+    assert proc.stderr.endswith("[]\n"), proc.stderr
