@@ -139,7 +139,8 @@ def start_state(opts: LoopOptions) -> dict[str, Any]:
     stored = load_baseline(root, task.id)
     loop_id = new_run_id()
     return {
-        "loop_id": loop_id, "task_id": task.id, "task_path": opts.task_path,
+        # Absolute: --resume may be called from another folder.
+        "loop_id": loop_id, "task_id": task.id, "task_path": str(task.path),
         "direction": task.direction, "rules": opts.rules.to_dict(),
         "pid": os.getpid(), "host": socket.gethostname(),
         "started_at": iso_utc(dt.datetime.now(dt.UTC)), "status": "running",
