@@ -254,7 +254,8 @@ class Ledger:
         self.message: str | None = None
         self.internal_traceback: str | None = None
         # On every record: lines of the user's own that a keep commit carried.
-        self.extra: dict[str, Any] = {"uncommitted_lines": 0}
+        self.extra: dict[str, Any] = {"uncommitted_lines": 0,
+                                      "uncommitted_files": []}
         # Where the measurements ran (section 14): the task's executor, and the node.
         self.extra.update(executor=None, node=None)
         self.uncommitted = ""

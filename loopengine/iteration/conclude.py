@@ -7,8 +7,6 @@ is finished (or undone) by the next one.
 
 from __future__ import annotations
 
-import dataclasses
-
 from loopengine import decide as decide_mod
 from loopengine import faults, journal, sandbox, stats, sync
 from loopengine import measure as measure_mod
@@ -104,12 +102,10 @@ def note_uncommitted(run: Ledger, cand: Candidate) -> None:
         return
     lines, paths = sync.uncommitted_lines(run.repo, [f.path for f in cand.stats.files])
     run.extra["uncommitted_lines"] = lines
+    run.extra["uncommitted_files"] = paths if lines else []
     if lines:
         run.uncommitted = (f"{lines} uncommitted line{'s' * (lines != 1)} of yours "
                            f"({', '.join(paths)})")
-        run.decision = dataclasses.replace(
-            run.decision, reason=f"{run.decision.reason}; the keep commit also "
-            f"carries {run.uncommitted}")
 
 
 def write_intent(run: Ledger, cand: Candidate, ev: Evaluation, keep: bool) -> None:
@@ -189,7 +185,6 @@ def commit_message(run: Ledger, cand: Candidate) -> str:
     reason = run.decision.reason
     carried = ""
     if run.uncommitted:
-        reason = reason.split("; the keep commit also carries ", 1)[0]
         carried = (f"This commit also carries {run.uncommitted}: they were in the "
                    "working tree, uncommitted, when the run started, and the candidate "
                    "was made on top of them.\n\n")
