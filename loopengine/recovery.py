@@ -40,7 +40,9 @@ if TYPE_CHECKING:
     from loopengine.sandbox import Sandbox
 
 ACTIVE = "work/runs/.active"
-RUN_ID_VAR = "LOOPENGINE_RUN_ID"  # in every step's environment, detached children's too
+RUN_ID_VAR = "LOOPENGINE_RUN_ID"
+# In the folder of a batch's one baseline measurement (campaign/batch.py): not a run.
+BATCH_BASELINE = "batch-baseline.json"  # in every step's environment, detached children's too
 
 
 class Alive:
@@ -185,6 +187,8 @@ def _settle_record(root: Path, run_id: str, own_run_id: str,
                    repaired: list[str] | None = None) -> None:
     """Make sure the dead run's record is in its results file, exactly once."""
     folder = run_dir(root, run_id)
+    if (folder / BATCH_BASELINE).exists():
+        return  # a batch's baseline measurement is no run: it has no record to settle
     meta = trusted_meta(root, _read_json(folder / "meta.json") or {})
     results_path = str(meta.get("results_path") or DEFAULT_RESULTS)
     saved = _read_json(folder / "record.json")

@@ -209,3 +209,36 @@ def test_without_a_terminal_rich_is_never_imported(repo: Repo) -> None:
                           check=False)
     assert json.loads(proc.stdout)["iterations"] == 1
     assert proc.stderr.endswith("[]\n"), proc.stderr
+
+
+def test_a_batch_loop_killed_during_its_baseline_is_resumed(repo: Repo, tmp_path: Path,
+                                                            procs: list[Any]) -> None:
+    """Killed while the batch measures its baseline (its candidates are being prepared
+    meanwhile): recovery gives the killed candidates their crash records, the iteration is
+    counted once and not run again; the baseline measurement leaves no record."""
+    started = tmp_path / "baseline-started"
+    by_index = (f"{PY} -c \"import os; open('notes.md', 'a').write('x\\\\n' * "
+                "(1 + int(os.environ['LOOPENGINE_CANDIDATE'])))\"")
+    set_task(repo, mutator__command=by_index,
+             runner__command=f'test -n "$LOOPENGINE_CANDIDATE" || {{ touch {started}; '
+                             'sleep 3; }')
+    proc = subprocess.Popen([PY, "-m", "loopengine", "loop", "--task", "tasks/demo/task.yaml",
+                             "--iterations", "2", "--candidates", "2"], cwd=repo.path,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    procs.append(proc)
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (loop_id,) = os.listdir(repo.path / "work" / "loops")
+    started.unlink()
+    code, summary, stderr = loop(repo, "--resume", loop_id)
+    assert code == 0, stderr
+    assert summary["iterations"] == 2, summary
+    # One candidate was in flight (--jobs 1): its crash record; the other never started.
+    assert (summary["crashes"], summary["keeps"], summary["discards"]) == (1, 1, 1)
+    records = repo.results()
+    assert sorted(r["run_id"] for r in records) == sorted(summary["run_ids"])
+    assert len(records) == 3

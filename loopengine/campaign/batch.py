@@ -17,6 +17,7 @@ import concurrent.futures as cf
 import contextlib
 import dataclasses
 import datetime as dt
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from loopengine import decide as decide_mod
-from loopengine import executors, git, process, sandbox, stats, sync
+from loopengine import executors, git, process, recovery, sandbox, stats, sync
 from loopengine import measure as measure_mod
 from loopengine.engine import cleanup, evaluate_candidate, finish, save_ref, settle
 from loopengine.errors import Interrupted, LoopError
@@ -293,6 +294,9 @@ def measure_baseline(opts: BatchOptions, batch_id: str) -> Measured | None:
     run = Ledger(opts.repo_root, opts.reporter, run_id=batch_id)
     run.guard = SignalGuard()
     run.alive.claim()
+    (run.run_dir / recovery.BATCH_BASELINE).write_text(json.dumps({
+        "batch_id": batch_id, "what": "the baseline, measured once for the batch's "
+        "candidates; not a run of its own (no record)"}) + "\n")
     try:
         task = run.task = load_task(opts.task_path, opts.repo_root)
         run.repo = git.repo_info(opts.repo_root)
