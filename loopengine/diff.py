@@ -1,13 +1,14 @@
-"""The candidate's real diff, read with unidiff, and the limit violations it shows."""
+"""The candidate's real diff (git's raw diff and line counts) and the limit violations it
+shows."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
-import unidiff
-
 from loopengine import git
+from loopengine.errors import GitError
 from loopengine.task import Task, match_artifact
 
 SYMLINK_MODE = "120000"
@@ -78,8 +79,13 @@ def summary(files: int, insertions: int, deletions: int) -> str:
     )
 
 
-def read_diff(ctx: git.Context, start_tree: str, cand_tree: str) -> DiffStats:
-    """Every change from ``start_tree`` to ``cand_tree``: new, deleted, mode, binary."""
+def read_diff(ctx: git.Context, start_tree: str, cand_tree: str,
+              patch_path: Path | None = None) -> DiffStats:
+    """Every change from ``start_tree`` to ``cand_tree``: new, deleted, mode, binary.
+
+    Lines are counted as git counts them (``--numstat``).  With ``patch_path`` the patch is
+    streamed into that file (``DiffStats.patch`` stays empty): a candidate's size is never
+    held in memory.  Without it, the patch is read into ``DiffStats.patch``."""
     if start_tree == cand_tree:
         return EMPTY
     raw = git.run(
@@ -87,14 +93,30 @@ def read_diff(ctx: git.Context, start_tree: str, cand_tree: str) -> DiffStats:
         "--ignore-submodules=none", start_tree, cand_tree,
     ).stdout
     entries = _parse_raw(raw)
-    patch = git.run(
-        ctx, "diff-tree", "-r", "-p", "--binary", "--full-index", "--no-renames",
-        "--no-ext-diff", "--no-textconv", "--no-color", "--src-prefix=a/", "--dst-prefix=b/",
-        start_tree, cand_tree,
-    ).stdout
-    counts = _count_lines(patch, len(entries))
-    if counts is None:
-        counts = _numstat(ctx, start_tree, cand_tree)
+    counts = _numstat(ctx, start_tree, cand_tree)
+    if len(counts) != len(entries):
+        raise GitError(f"git diff-tree listed {len(entries)} changes but counted "
+                       f"{len(counts)}")
+    huge = _huge_binaries(ctx, entries, counts)
+    args = ["diff-tree", "-r", "-p", "--binary", "--full-index", "--no-renames",
+            "--no-ext-diff", "--no-textconv", "--no-color", "--src-prefix=a/",
+            "--dst-prefix=b/", start_tree, cand_tree]
+    if huge:  # git would load them to write even "Binary files differ": leave them out
+        args += ["--", ".", *(f":(exclude,literal){p}" for p in huge)]
+    stanzas = b"".join(
+        f"diff --git a/{p} b/{p}\nBinary files a/{p} and b/{p} differ (left out of this "
+        "patch: too large)\n".encode("utf-8", "surrogateescape") for p in huge)
+    if patch_path is None:
+        patch = git.run(ctx, *args).stdout + stanzas
+    else:
+        patch = b""
+        patch_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(patch_path, "wb") as fh:
+            proc = git.run_to(ctx, fh, *args)
+            fh.write(stanzas)
+        if proc.returncode != 0:
+            raise GitError(f"git diff-tree -p failed: "
+                           f"{proc.stderr.decode('utf-8', 'replace').strip()[-2000:]}")
     files = tuple(
         FileChange(path, status, om, nm, os_, ns, added, removed, binary)
         for (path, status, om, nm, os_, ns), (added, removed, binary) in zip(
@@ -102,6 +124,29 @@ def read_diff(ctx: git.Context, start_tree: str, cand_tree: str) -> DiffStats:
         )
     )
     return DiffStats(files, patch)
+
+
+
+
+# A file larger than this is a binary change to git's diff, which then never loads it (a
+# 300 MB file the mutator wrote costs no memory; a text artifact that large is no text).
+BIG = ("-c", "core.bigFileThreshold=64m")
+# Above this size a binary change is left out of candidate.patch (it is a discard anyway,
+# and the patch would be larger than the file): "Binary files ... differ" stands for it.
+_BINARY_IN_PATCH = 16 << 20
+
+
+def _huge_binaries(ctx: git.Context, entries: list[tuple[str, str, str, str, str, str]],
+                   counts: list[tuple[int, int, bool]]) -> list[str]:
+    """Paths of binary changes whose new (or old) blob is too large for the patch."""
+    found = [(e[0], e[5] if e[5].strip("0") else e[4])
+             for e, c in zip(entries, counts, strict=True) if c[2]]
+    if not found:
+        return []
+    sizes = git.run(ctx, "cat-file", "--batch-check=%(objectsize)",
+                    input="".join(f"{sha}\n" for _, sha in found).encode()).stdout.split()
+    return [path for (path, _), size in zip(found, sizes, strict=False)
+            if size.isdigit() and int(size) > _BINARY_IN_PATCH]
 
 
 def _parse_raw(raw: bytes) -> list[tuple[str, str, str, str, str, str]]:
@@ -120,20 +165,9 @@ def _parse_raw(raw: bytes) -> list[tuple[str, str, str, str, str, str]]:
     return entries
 
 
-def _count_lines(patch: bytes, expected: int) -> list[tuple[int, int, bool]] | None:
-    """Per-file (added, removed, binary) in diff order, or None if unidiff disagrees."""
-    try:
-        patchset = unidiff.PatchSet(patch.decode("utf-8", "replace"))
-    except unidiff.UnidiffParseError:
-        return None
-    if len(patchset) != expected:
-        return None
-    return [(f.added, f.removed, bool(f.is_binary_file)) for f in patchset]
-
-
 def _numstat(ctx: git.Context, start_tree: str, cand_tree: str) -> list[tuple[int, int, bool]]:
     data = git.run(
-        ctx, "diff-tree", "-r", "-z", "--no-renames", "--numstat", start_tree, cand_tree
+        ctx, *BIG, "diff-tree", "-r", "-z", "--no-renames", "--numstat", start_tree, cand_tree
     ).stdout
     counts = []
     for item in data.split(b"\0"):

@@ -307,7 +307,8 @@ def _private_git(
 
 def _write_tree(ctx: git.Context) -> str:
     """Stage the whole tree (ignored files too: nothing may hide) and write a tree object."""
-    git.run(ctx, "add", "-A", "-f", "--", ".", *EXCLUDES)
+    # A large file is streamed into a pack, never read whole into git's memory.
+    git.run(ctx, "-c", "core.bigFileThreshold=16m", "add", "-A", "-f", "--", ".", *EXCLUDES)
     return git.out(ctx, "write-tree")
 
 

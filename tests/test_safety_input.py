@@ -261,3 +261,35 @@ def test_a_planted_journal_cannot_make_recovery_write_outside_the_artifacts(
     [lost] = [r for r in repo.results() if r["run_id"] == run_id]
     assert lost["status"] == "crash" and "could not be finished" in lost["reason"]
     assert yaml is not None
+
+
+# -- point 12: memory stays bounded ----------------------------------------------------------
+
+
+MEASURED = """
+import atexit, resource, runpy, sys
+atexit.register(lambda: print("PEAK", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                              file=sys.stderr))
+sys.argv = ["loopengine", "run", "--task", "tasks/demo/task.yaml"]
+runpy.run_module("loopengine", run_name="__main__")
+"""
+
+
+def test_a_large_file_written_by_the_mutator_costs_the_engine_no_memory(
+        repo: Repo, tmp_path: Path) -> None:
+    import subprocess
+
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as fh:
+        for _ in range(120):
+            fh.write(os.urandom(1 << 20))
+    repo.write_task(default_task(mutator__command=f"cp {big} dump.bin"))
+    repo.commit("a mutator that writes 120 MB")
+    proc = subprocess.run([PY, "-c", MEASURED], cwd=repo.path, capture_output=True, text=True,
+                          check=False)
+    rec = json.loads(proc.stdout.splitlines()[0])
+    assert rec["status"] == "discard", rec
+    peak_kb = int([x for x in proc.stderr.splitlines() if x.startswith("PEAK")][-1].split()[1])
+    assert peak_kb < 100 * 1024, f"the engine's peak RSS was {peak_kb // 1024} MB"
+    patch = repo.path / rec["patch"]
+    assert patch.stat().st_size < 1 << 20  # the binary is named, not copied into the patch

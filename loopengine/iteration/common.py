@@ -114,6 +114,9 @@ class Evaluation:
 # Running one step
 
 
+MAX_STDOUT = 4 << 20  # bytes of a captured step's stdout (the scorer's) that are parsed
+
+
 class Steps:
     """Runs the task's steps in one sandbox: budget, environment, logs, checks."""
 
@@ -168,6 +171,12 @@ class Steps:
         self.check_step(name, step, result, timeout)
         if out is None:
             return ""
+        size = out.stat().st_size
+        if size > MAX_STDOUT:
+            # A score is one small JSON object: its size is a limit, never a load.
+            raise StepCrash(name, f"the {name}'s output is not one JSON object: it is {size} "
+                            f"bytes, more than the {MAX_STDOUT >> 20} MB a score and its "
+                            "metrics may take", log_tail(log))
         return out.read_bytes().decode("utf-8", "replace")
 
     def watch_main_repo(self) -> tripwire.Snapshot | None:

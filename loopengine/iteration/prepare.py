@@ -188,11 +188,12 @@ def validate(run: Ledger) -> str:
                                     "git repository") for path in nested]
         raise Verdict(decide_mod.Decision("discard", diff_mod.describe(found),
                                           violations=found)) from exc
-    run.stats = diff_mod.read_diff(run.sb.ctx, run.sb.start_tree, cand_tree)
+    patch = run.run_dir / "candidate.patch"
+    # Streamed to the file: a large file the mutator wrote is never held in memory.
+    run.stats = diff_mod.read_diff(run.sb.ctx, run.sb.start_tree, cand_tree, patch)
     run.validated = True
-    if run.stats.files:
-        patch = run.run_dir / "candidate.patch"
-        patch.write_bytes(run.stats.patch)
+    if not run.stats.files:
+        patch.unlink(missing_ok=True)
     found = diff_mod.violations(run.task, run.stats)
     if found:
         reason = diff_mod.describe(found)
