@@ -214,6 +214,11 @@ def test_without_ray_installed_a_ray_task_is_a_config_error(repo: Repo, markers:
     assert "pip install 'loopengine[ray]'" in rec["reason"]
     assert "executor.kind: ray" in result.stderr
     assert list(markers.iterdir()) == []
+    checked = repo.run("--task", "tasks/demo/task.yaml", command="validate", task="",
+                       env={"PYTHONPATH": str(blocker)})
+    assert checked.code == 1
+    assert "executor.kind: ray needs the Ray package" in checked.stderr
+    assert "pip install 'loopengine[ray]'" in checked.stderr
 
 
 # ---------------------------------------------------------------------------

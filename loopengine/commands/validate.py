@@ -86,6 +86,13 @@ def check(root: Path, task_path: str) -> Checked:
         task = load_task(task_path, root)
     except TaskError as exc:
         errors = list(exc.problems)
+    if task is not None and task.executor.kind != "local":
+        from loopengine import executors  # only then: validate starts without the engine
+
+        try:  # executor.kind ray where Ray is not installed (contract section 14)
+            executors.check_available(task)
+        except TaskError as exc:
+            errors.append(str(exc))
     findings = list(preflight(root, task_path, task, errors))
     errors += [f"{task_path}: {f.where}: {f.message}" for f in findings if not f.warning]
     warned = [f for f in findings if f.warning]
