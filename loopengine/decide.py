@@ -1,9 +1,9 @@
 """A pure function: scores, constraints, policy -> keep / discard and why.
 
-With one measurement on each side, a keep needs the score to beat the baseline by more
-than ``min_improvement``.  With more (``policy.repeats``, ``policy.remeasure_baseline``),
-:func:`judge` looks at the measurements after each one and answers keep, discard or
-"measure again"; see the README's "Trustworthy verdicts" for the test and why.
+With ``repeats: 1``, a keep needs the score to beat the baseline by more than
+``min_improvement``.  With more, :func:`judge` looks at the measurements after each one and
+answers keep, discard or "measure again" (a sequential probability ratio test); see
+docs/verdicts.md for the test and why.
 """
 
 from __future__ import annotations
@@ -15,10 +15,6 @@ from typing import Any
 
 from loopengine import stats
 from loopengine.task import Constraint
-
-# The share of 1 - confidence spent on keeps before the last look (Haybittle-Peto style):
-# early keeps need overwhelming evidence, and the last look keeps nearly all its power.
-EARLY_SHARE = 0.1
 
 
 @dataclass(frozen=True)
@@ -123,15 +119,15 @@ def compare(score: float, baseline: float, direction: str,
 
 
 # ---------------------------------------------------------------------------
-# Repeated measurement: one look at the scores so far
+# Repeated measurement: a sequential probability ratio test, one look at a time
 
 
 @dataclass(frozen=True)
 class Look:
     """What the measurements so far say: ``keep``, ``discard`` or ``more`` (measure again).
 
-    ``interval`` is ``(lower, upper)``: a keep needs ``lower > min_improvement``, a clear
-    discard ``upper <= min_improvement``; None when the noise cannot be estimated yet.
+    ``interval`` is ``(lower, upper)``, the improvement's one-sided confidence bounds at
+    ``confidence``; None when the noise cannot be estimated yet.
     """
 
     state: str
@@ -140,18 +136,22 @@ class Look:
     interval: tuple[float, float] | None = None
 
 
-def keep_alpha(confidence: float, repeats: int, final: bool) -> float:
-    """The one-sided error level of a keep at one look; summed over the looks, at most
-    ``1 - confidence`` (Bonferroni), whatever the look at which the candidate stops.
+def boundaries(confidence: float) -> tuple[float, float]:
+    """Wald's boundaries on the log likelihood ratio: keep at ``log((1 - MISS) / alpha)``,
+    discard early at ``log(MISS / (1 - alpha))``, with ``alpha = 1 - confidence``.
 
-    Keeps are possible from the second candidate measurement on, so ``repeats - 2`` looks
-    come before the last one; they share ``EARLY_SHARE`` of the error level.
+    Wald's inequality bounds the false keeps of an uncapped test by ``alpha / (1 - MISS)``;
+    the cap (an inconclusive discard) and the overshoot of the discrete looks keep the
+    real rate well under ``alpha`` (tests/test_sequential.py simulates it).
     """
     alpha = 1.0 - confidence
-    early = max(repeats - 2, 0)
-    if early == 0:
-        return alpha
-    return (1.0 - EARLY_SHARE) * alpha if final else EARLY_SHARE * alpha / early
+    return math.log((1.0 - MISS) / alpha), math.log(MISS / (1.0 - alpha))
+
+
+# Wald's beta: the share of true improvements of the design effect that an uncapped test
+# would discard early.  It trades the runs spent on candidates that are no improvement
+# against power; 0.5 was chosen by simulation (docs/verdicts.md).
+MISS = 0.5
 
 
 def judge(
@@ -163,39 +163,130 @@ def judge(
     confidence: float,
     repeats: int,
     final: bool,
+    noise: stats.Pool | None = None,
+    effect: float | None = None,
 ) -> Look:
     """Keep, discard or measure again, from every score measured so far.
 
-    One-sided Welch test of "the improvement is at most ``min_improvement``".  A keep
-    needs at least two candidate measurements when ``repeats`` allows them; a clear
-    discard (the upper bound at ``confidence`` is no better than ``min_improvement``)
-    may come after one.  At the last look, anything else is an inconclusive discard.
+    ``repeats: 1`` is the plain comparison of the means.  Above it, a sequential
+    probability ratio test of "the improvement is ``min_improvement``" against "it is
+    ``min_improvement + effect``" on the difference of the means, with the noise pooled
+    over ``noise`` (earlier groups of the same evaluation) and both sides' own runs; from
+    the candidate's second run on, its own variance when that is larger.  The statistic is
+    Student's t, mapped onto the normal scale (:func:`stats.z_of_t`), where the likelihood
+    ratio of a known noise applies.  A keep needs two candidate runs; at the last look,
+    anything short of a boundary is an inconclusive discard.
     """
     sign = 1.0 if direction == "maximize" else -1.0
     cand, base = [sign * x for x in candidate], [sign * x for x in baseline]
-    word = "higher" if direction == "maximize" else "lower"
     m = min_improvement
-    counted = _counted(len(candidate), len(baseline))
-    diff = stats.welch(cand, base)
-    if diff is None:  # one measurement a side: no noise estimate, the plain comparison
-        delta = stats.mean(cand) - stats.mean(base)
+    delta = stats.mean(cand) - stats.mean(base)
+    if repeats == 1:
         if not final:
-            return Look("more", "the noise cannot be estimated from one measurement", delta)
-        return Look(*compare(candidate[0], baseline[0], direction, m), delta)
-    lower = diff.lower(keep_alpha(confidence, repeats, final))
-    upper = diff.upper(1.0 - confidence)
-    shown = (lower, upper)
-    first = f"score {fmt(stats.mean(candidate))} vs baseline {fmt(stats.mean(baseline))}"
-    tail = (f"improvement {diff.estimate:.6g}, interval [{lower:.6g}, {upper:.6g}], "
-            f"min_improvement {m:g}, confidence {confidence:g}, {counted}; "
-            f"{word} is better")
-    if lower > m and (len(candidate) >= 2 or repeats == 1):
-        return Look("keep", f"{first}: beats it ({tail})", diff.estimate, shown)
-    if upper <= m:
-        return Look("discard", f"{first}: does not beat it ({tail})", diff.estimate, shown)
+            return Look("more", "one run a side", delta)
+        return Look(*compare(stats.mean(candidate), stats.mean(baseline), direction, m),
+                    delta)
+    text = _Text(candidate, baseline, direction, m, confidence)
+    pooled = (noise or stats.Pool()) + stats.Pool.of(cand) + stats.Pool.of(base)
+    var = pooled.variance
+    df = float(pooled.df)
+    if var is not None and len(cand) >= 2 and stats.variance(cand) > var:
+        # A candidate noisier than the evaluation is judged by its own noise.  The degrees
+        # of freedom stay the pool's: taking the larger variance is already the caution.
+        var = stats.variance(cand)
+    if var is None:
+        if not final:
+            return Look("more", "the noise cannot be estimated yet", delta)
+        return Look("discard", f"inconclusive: {text.first}: the noise cannot be estimated "
+                    f"from one run a side ({text.counted})", delta)
+    se = math.sqrt(var * (1.0 / len(cand) + 1.0 / len(base)))
+    if se == 0.0:
+        return _exact(delta, text, final, len(cand))
+    size = effect if effect is not None and effect > 0 else math.sqrt(
+        pooled.variance if pooled.variance else var)
+    lam = size / se
+    z = stats.z_of_t((delta - m) / se, df)
+    upper, lower = boundaries(confidence)
+    state = sequential(z, lam, len(cand), confidence)
+    if state == "more" and final:
+        state = "discard"
+    if state == "more":
+        return Look("more", f"{text.first}: not clear yet", delta)
+    margin = stats.t_ppf(confidence, df) * se
+    interval = (delta - margin, delta + margin)
+    keep_at = m + _t_of_z(upper / lam + lam / 2.0, df) * se
+    discard_at = m + _t_of_z(lower / lam + lam / 2.0, df) * se
+    detail = (f"improvement {delta:.6g}, interval [{interval[0]:.6g}, {interval[1]:.6g}]; "
+              f"at this look keep above {keep_at:.6g}, discard below {discard_at:.6g} "
+              f"(effect {size:.6g}, noise sd {math.sqrt(var):.6g}, min_improvement {m:g}, "
+              f"confidence {confidence:g}); {text.counted}; {text.word} is better")
+    if state == "keep":
+        return Look("keep", f"{text.first}: beats it ({detail})", delta, interval)
+    if lam * z - lam * lam / 2.0 <= lower:
+        return Look("discard", f"not promising: {text.first} ({detail})", delta, interval)
+    return Look("discard", f"inconclusive: {text.first} ({detail})", delta, interval)
+
+
+def sequential(z: float, lam: float, runs: int, confidence: float) -> str:
+    """One look of the test on the normal scale: ``z`` is the improvement beyond
+    ``min_improvement`` in standard errors, ``lam`` the design effect in standard errors.
+    ``keep`` (from the candidate's second run on), ``discard`` or ``more``."""
+    llr = lam * z - lam * lam / 2.0  # log likelihood ratio of "effect" against "none"
+    upper, lower = boundaries(confidence)
+    if llr >= upper and runs >= 2:
+        return "keep"
+    if llr <= lower:
+        return "discard"
+    return "more"
+
+
+def _exact(delta: float, text: _Text, final: bool, runs: int) -> Look:
+    """No noise at all: every run of each side gave the same score."""
+    m = text.m
+    detail = (f"improvement {delta:.6g}, no noise in any run, min_improvement {m:g}; "
+              f"{text.counted}; {text.word} is better")
+    if delta <= m:
+        return Look("discard", f"{text.first}: does not beat it ({detail})", delta,
+                    (delta, delta))
+    if runs >= 2:
+        return Look("keep", f"{text.first}: beats it ({detail})", delta, (delta, delta))
     if not final:
-        return Look("more", f"{first}: not clear yet ({tail})", diff.estimate, shown)
-    return Look("discard", f"inconclusive: {first} ({tail})", diff.estimate, shown)
+        return Look("more", f"{text.first}: a keep needs a second run", delta)
+    return Look("discard", f"inconclusive: {text.first} (a keep needs a second run; {detail})",
+                delta, (delta, delta))
+
+
+def _t_of_z(z: float, df: float) -> float:
+    """The inverse of :func:`stats.z_of_t` (for the boundaries shown in a reason)."""
+    if math.isinf(df) or z == 0.0:
+        return z
+    # |t| >= |z|: Student's tails are heavier.  Widen until the bracket holds, then halve.
+    low, high = (z, 2.0 * z) if z > 0 else (2.0 * z, z)
+    while stats.z_of_t(high, df) < z and high < 1e9:
+        high = 2.0 * high if high > 0 else high / 2.0
+    while stats.z_of_t(low, df) > z and low > -1e9:
+        low = 2.0 * low if low < 0 else low / 2.0
+    for _ in range(60):
+        mid = (low + high) / 2.0
+        if stats.z_of_t(mid, df) < z:
+            low = mid
+        else:
+            high = mid
+        if high - low <= 1e-7 * max(1e-3, abs(high)):
+            break
+    return (low + high) / 2.0
+
+
+class _Text:
+    """The parts every reason of a look shares."""
+
+    def __init__(self, candidate: Sequence[float], baseline: Sequence[float], direction: str,
+                 m: float, confidence: float) -> None:
+        self.m = m
+        self.word = "higher" if direction == "maximize" else "lower"
+        self.first = (f"score {fmt(stats.mean(candidate))} vs baseline "
+                      f"{fmt(stats.mean(baseline))}")
+        self.counted = _counted(len(candidate), len(baseline))
 
 
 def _counted(nc: int, nb: int) -> str:

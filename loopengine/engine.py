@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loopengine import decide as decide_mod
-from loopengine import executors, faults, sandbox
+from loopengine import executors, faults, noise, sandbox, stats
 from loopengine import measure as measure_mod
 from loopengine.campaign import refs
 from loopengine.errors import Interrupted, LoopError
@@ -110,24 +110,27 @@ def request(run: Ledger, cand: Candidate) -> EvalRequest:
     return EvalRequest(
         run_id=cand.run_id, task=cand.task, start_tree=cand.sandbox.start_tree, tree=cand.tree,
         commit=None, changes=tuple(cand.stats.files), frozen=dict(cand.frozen),
-        plan=cand.plan, seconds_left=run.deadline - time.monotonic())
+        plan=cand.plan, seconds_left=run.deadline - time.monotonic(),
+        # With repeats, the noise pooled over earlier runs of this evaluation.
+        noise=(noise.load(run.root, cand.task.id, cand.fingerprint)
+               if cand.task.policy.repeats > 1 else stats.Pool()))
 
 
 def evaluate_candidate(run: Ledger, cand: Candidate) -> Evaluation:
     """Evaluate in the candidate's own sandbox, or on the task's executor (a Ray cluster);
     a crash or stop ends the iteration."""
     assert run.steps is not None
+    req = request(run, cand)
     if cand.task.executor.kind != "local":
         run.report.phase(f"evaluate on the {cand.task.executor.kind} executor")
-        result = executors.evaluate(request(run, cand), cand.sandbox, deadline=run.deadline,
+        result = executors.evaluate(req, cand.sandbox, deadline=run.deadline,
                                     log_dir=run.run_dir, env=run.steps.env,
                                     note=run.report.info)
         run.extra["node"] = result.node
         return settle_evaluation(run, cand, result.evaluation)
-    run.measured = measure_mod.Measurement(baseline=list(cand.plan.stored))
+    run.measured = measure_mod.Measurement(baseline=list(cand.plan.stored), noise=req.noise)
     try:
-        ev = evaluate(request(run, cand), cand.sandbox, run.steps, report=run.report,
-                      measured=run.measured)
+        ev = evaluate(req, cand.sandbox, run.steps, report=run.report, measured=run.measured)
     finally:
         run.score, run.metrics = run.measured.score, run.measured.metrics
     return settle_evaluation(run, cand, ev)
@@ -151,6 +154,16 @@ def decide_and_keep(run: Ledger, cand: Candidate, ev: Evaluation) -> None:
     assert run.guard is not None
     with run.guard.deferred():
         conclude_mod.conclude(run, cand, ev)
+        pool_noise(run, cand, ev)
+
+
+def pool_noise(run: Ledger, cand: Candidate, ev: Evaluation) -> None:
+    """With repeats, this iteration's runs sharpen the evaluation's noise estimate."""
+    if cand.task.policy.repeats == 1 or run.decision is None:
+        return
+    kept = run.decision.status == "keep"
+    noise.add(run.root, cand.task.id, cand.fingerprint,
+              measure_mod.retired_groups(ev.measured, kept=kept))
 
 
 # -- the end ----------------------------------------------------------------------

@@ -12,9 +12,10 @@ file of the sandbox's start tree outside the artifacts.  New, untracked outputs 
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,10 +29,11 @@ from loopengine.sandbox import Sandbox
 from loopengine.task import Task, match_artifact
 
 BASELINE, CANDIDATE = "baseline", "candidate"
-# With repeats, the stored baseline collects up to this many times `repeats` measurements,
-# one before each candidate run: a well-measured baseline narrows every later comparison
-# at the cost of one run per candidate run, until it is full.
-BASELINE_DEPTH = 4
+# With repeats, the baseline is measured before each candidate run until it holds this many
+# runs per candidate run, up to BASELINE_CAP per repeat; it is kept across candidates until
+# the next keep, so its runs are shared by every candidate held against it.
+BASELINE_RATIO = 3
+BASELINE_CAP = 1.5
 # Another measurement starts only if the budget leaves this multiple of the longest one.
 BUDGET_MARGIN = 1.25
 _LISTED = 10
@@ -51,25 +53,42 @@ class Plan:
     why: str = ""
 
 
-def plan(task: Task, baseline: Baseline | None, fingerprint: str | None) -> Plan:
-    """``baseline`` is the stored one if it was measured on exactly these artifacts."""
+def plan(task: Task, baseline: Baseline | None, fingerprint: str | None,
+         missing: Sequence[str] = ()) -> Plan:
+    """``baseline`` is the stored one if it was measured on exactly these artifacts;
+    ``missing`` the artifact patterns that match no file in the main tree."""
     policy = task.policy
     if baseline is None:
-        if policy.remeasure_baseline:
-            return Plan("remeasured", why="policy.remeasure_baseline")
-        return Plan("none")
+        if missing:
+            # Nothing to evaluate: policy.keep_when_no_baseline decides.
+            return Plan("none", why=f"{missing[0]} does not exist yet, so there is no "
+                        "baseline to measure")
+        # Never keep unmeasured against nothing: the main tree's artifacts are measured.
+        return Plan("remeasured", why="the baseline is measured in this iteration: no "
+                    "baseline is stored for the artifacts as they are")
     if baseline.fingerprint != fingerprint:
         # Never compare across evaluations: the stored score answers another question.
-        return Plan("remeasured", why="the stored baseline was measured by another "
-                    "evaluation (its fingerprint differs)")
+        return Plan("remeasured", why="the baseline is measured again: the stored one was "
+                    "measured by another evaluation (its fingerprint differs)")
     if policy.remeasure_baseline:
-        return Plan("remeasured", why="policy.remeasure_baseline")
+        return Plan("remeasured", why="the baseline is measured again: "
+                    "policy.remeasure_baseline")
     if not baseline.scores and policy.repeats > 1:
         # A kept candidate's own scores are biased upward by the selection that kept it
         # (the winner's curse), so they are never stored as measurements.
-        return Plan("remeasured", why="the stored baseline has no measurement of its own "
-                    "(it is the score of the keep that made it)")
+        return Plan("remeasured", why="the baseline is measured again: the stored one has "
+                    "no measurement of its own (it is the score of the keep that made it)")
     return Plan("stored", baseline.scores or (baseline.score,))
+
+
+def missing_artifacts(task: Task, state: Mapping[str, str]) -> list[str]:
+    """The ``artifacts.include`` patterns that match none of the files in ``state``."""
+    missing = []
+    for pattern in task.include:
+        alone = replace(task, include=(pattern,))
+        if not any(match_artifact(alone, path) for path in state):
+            missing.append(pattern)
+    return missing
 
 
 # ---------------------------------------------------------------------------
@@ -212,10 +231,13 @@ class Measurement:
     baseline: list[float] = field(default_factory=list)  # stored ones first, then fresh
     fresh: int = 0  # baseline measurements made in this iteration
     order: list[str] = field(default_factory=list)  # "B" / "C", in the order measured
-    metrics: dict[str, Any] = field(default_factory=dict)  # the last candidate's
-    baseline_metrics: dict[str, Any] = field(default_factory=dict)  # the last fresh baseline's
+    metrics: dict[str, Any] = field(default_factory=dict)  # the candidate's, over its runs
     look: Look | None = None
-    stop: Decision | None = None  # a discard found while measuring
+    stop: Decision | None = None  # a discard or crash found while measuring
+    noise: stats.Pool = field(default_factory=stats.Pool)  # earlier runs of the evaluation
+    runs: int = 0  # runner+scorer runs started in this iteration, both sides
+    samples: list[dict[str, Any]] = field(default_factory=list)  # each candidate run's metrics
+    baseline_metrics: dict[str, Any] = field(default_factory=dict)  # its last fresh run's
 
     @property
     def score(self) -> float | None:
@@ -223,15 +245,17 @@ class Measurement:
 
 
 def measure(task: Task, evaluate: Measures, how: Plan, m: Measurement, *, has_change: bool,
-            time_left: Callable[[], float] = lambda: float("inf")) -> None:
+            time_left: Callable[[], float] = lambda: float("inf"),
+            paired: bool = False) -> None:
     """Measure into ``m`` until the verdict is clear or ``policy.repeats`` candidate runs
     are done; ``m`` starts with the stored baseline measurements, and keeps what was
-    measured when a step fails half-way."""
+    measured when a step fails half-way.  ``paired``: one baseline run before each
+    candidate run, whatever the policy (``verify``)."""
     try:
         if how.source == "none" or not has_change:
             _measure_alone(task, evaluate, how, m, has_change, time_left)
         else:
-            _measure_against(task, evaluate, m, time_left)
+            _measure_against(task, evaluate, m, time_left, paired)
     except _ArtifactChanged as exc:
         m.stop = Decision("discard", "an artifact changed after validation (by the runner or "
                           f"scorer, while measuring the {exc.side}); the validated "
@@ -254,52 +278,100 @@ def _measure_alone(task: Task, evaluate: Measures, how: Plan, m: Measurement,
             return
     if how.source == "remeasured":  # the unchanged candidate is the baseline
         m.baseline, m.fresh = list(m.candidate), len(m.candidate)
-        m.baseline_metrics = m.metrics
+        m.baseline_metrics = dict(m.samples[-1]) if m.samples else {}
 
 
 def _measure_against(task: Task, evaluate: Measures, m: Measurement,
-                     time_left: Callable[[], float]) -> None:
+                     time_left: Callable[[], float], paired: bool) -> None:
     policy = task.policy
     repeats = policy.repeats
-    depth = baseline_depth(repeats)
-    for i in range(repeats):
-        # The baseline is topped up one run before each candidate run: a remeasured
-        # baseline starts empty, so it alternates B C B C.
-        with_baseline = len(m.baseline) < depth
-        if i and time_left() < BUDGET_MARGIN * evaluate.longest * (1 + with_baseline):
+    for k in range(1, repeats + 1):
+        # B before C: the baseline is topped up before each candidate run.
+        need = max(baseline_target(task, k, paired) - len(m.baseline), 0)
+        if k > 1 and time_left() < BUDGET_MARGIN * evaluate.longest * (1 + need):
             m.look = _judge(task, m, final=True)  # no room for another: decide now
             return
-        if with_baseline:
-            sample = evaluate(BASELINE)
-            m.baseline.append(sample.score)
-            m.baseline_metrics = sample.metrics
-            m.fresh += 1
-            m.order.append("B")
+        for _ in range(need):
+            _baseline(evaluate, m)
         if not _candidate(task, evaluate, m):
             return
-        m.look = _judge(task, m, final=i == repeats - 1)
+        m.look = _judge(task, m, final=k == repeats)
         if m.look.state != "more":
             return
 
 
-def baseline_depth(repeats: int) -> int:
-    """How many measurements the baseline is topped up to (one: the defaults, as ever)."""
-    return 1 if repeats == 1 else BASELINE_DEPTH * repeats
+def baseline_target(task: Task, k: int, paired: bool = False) -> int:
+    """How many baseline runs the comparison needs before the candidate's run ``k``.
+
+    One with ``repeats: 1`` (the defaults, as ever); one per candidate run when paired
+    (``remeasure_baseline``, ``verify``); else ``BASELINE_RATIO`` per candidate run, up to
+    ``BASELINE_CAP`` x ``repeats``.  The baseline's standard error adds to every
+    comparison, so it needs more runs than one candidate; kept until the next keep, its
+    runs are shared by every candidate measured against it.
+    """
+    policy = task.policy
+    if policy.repeats == 1:
+        return 1
+    if paired or policy.remeasure_baseline:
+        return k
+    return int(min(BASELINE_RATIO * k, BASELINE_CAP * policy.repeats))
+
+
+def _baseline(evaluate: Measures, m: Measurement) -> None:
+    m.runs += 1
+    try:
+        sample = evaluate(BASELINE)
+    except LoopError as exc:
+        # The candidate is not to blame: say whose evaluation failed.
+        exc.args = (f"{exc} (the baseline's own evaluation failed: the artifacts as they "
+                    "are in the main tree, measured before the candidate)",)
+        raise
+    m.baseline.append(sample.score)
+    m.baseline_metrics = dict(sample.metrics)
+    m.fresh += 1
+    m.order.append("B")
 
 
 def _candidate(task: Task, evaluate: Measures, m: Measurement) -> bool:
-    """One candidate measurement; False when a constraint already decides."""
+    """One candidate measurement; False when a constraint's metric is missing (a crash)."""
+    m.runs += 1
     sample = evaluate(CANDIDATE)
     m.candidate.append(sample.score)
     m.order.append("C")
-    m.metrics = sample.metrics
-    return check_constraints(task.constraints, sample.metrics) is None
+    m.samples.append(dict(sample.metrics))
+    m.metrics = mean_metrics(m.samples)
+    broken = check_constraints(task.constraints, sample.metrics)
+    if broken is not None and broken.status == "crash":
+        m.stop = broken
+        return False
+    return True
+
+
+def mean_metrics(samples: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The last run's metrics, with each number that every run reported replaced by its
+    mean over the runs: constraints under repeats are judged on the mean."""
+    if not samples:
+        return {}
+    last = dict(samples[-1])
+    if len(samples) == 1:
+        return last
+    for key in list(last):
+        values = [s.get(key) for s in samples]
+        if all(_finite(v) for v in values):
+            last[key] = stats.mean([float(v) for v in values])  # type: ignore[arg-type]
+    return last
+
+
+def _finite(value: Any) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 def _judge(task: Task, m: Measurement, final: bool) -> Look:
     return judge(m.candidate, m.baseline, direction=task.direction,
                  min_improvement=task.policy.min_improvement,
-                 confidence=task.policy.confidence, repeats=task.policy.repeats, final=final)
+                 confidence=task.policy.confidence, repeats=task.policy.repeats, final=final,
+                 noise=m.noise, effect=task.policy.effect)
 
 
 # ---------------------------------------------------------------------------
@@ -335,6 +407,15 @@ def new_baseline_metrics(m: Measurement, *, kept: bool, has_change: bool) -> dic
     return m.metrics
 
 
+def retired_groups(m: Measurement, *, kept: bool) -> list[list[float]]:
+    """The groups of runs that join the pooled noise when the iteration ends: the
+    candidate's, and on a keep the baseline's (the store drops it)."""
+    groups = [list(m.candidate)] if m.look is not None else []
+    if kept:
+        groups.append(list(m.baseline))
+    return groups
+
+
 def record_fields(task: Task | None, m: Measurement | None, how: Plan | None,
                   fingerprint: str | None, stored: Baseline | None) -> dict[str, Any]:
     """The record's section-8 fields; on every record, so that its shape never varies."""
@@ -361,4 +442,5 @@ def record_fields(task: Task | None, m: Measurement | None, how: Plan | None,
         "fingerprint": fingerprint,
         "baseline_source": source,
         "baseline_metrics": baseline_metrics,
+        "runs": m.runs if m else 0,
     }

@@ -1,4 +1,5 @@
-"""The statistics behind a verdict: means, Welch's t, and the Student-t distribution.
+"""The statistics behind a verdict: means, pooled noise, Welch's t, and the Student-t
+distribution.
 
 Written out here (a few dozen lines) rather than pulled in from scipy: the engine needs
 one distribution and one test, and an agent calls ``loopengine run`` thousands of times,
@@ -22,15 +23,29 @@ _MAX_TERMS = 500
 
 
 def mean(xs: Sequence[float]) -> float:
+    if xs and all(x == xs[0] for x in xs):
+        return float(xs[0])  # exactly: fsum(n * [x]) / n can differ from x in the last bit
     return math.fsum(xs) / len(xs)
+
+
+def sum_of_squares(xs: Sequence[float]) -> float:
+    """The sum of squared deviations from the mean; exactly 0 when all values are equal.
+
+    The values are shifted by the first one before squaring, so identical scores give 0
+    (not 1e-32) and a large common offset loses no precision.
+    """
+    if len(xs) < 2:
+        return 0.0
+    shifted = [x - xs[0] for x in xs]
+    m = math.fsum(shifted) / len(shifted)
+    return math.fsum((d - m) ** 2 for d in shifted)
 
 
 def variance(xs: Sequence[float]) -> float:
     """The sample variance (n - 1 in the denominator); 0 for a single value."""
     if len(xs) < 2:
         return 0.0
-    m = mean(xs)
-    return math.fsum((x - m) ** 2 for x in xs) / (len(xs) - 1)
+    return sum_of_squares(xs) / (len(xs) - 1)
 
 
 def stdev(xs: Sequence[float]) -> float:
@@ -104,6 +119,50 @@ def t_ppf(p: float, df: float) -> float:
         if high - low <= 1e-12 * max(1.0, high):
             break
     return (low + high) / 2.0
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Noise pooled over groups measured by one evaluation: the sum of each group's squared
+    deviations from its own mean, and the degrees of freedom (a group of n adds n - 1).
+
+    Pooling within groups is right whatever the groups' means are: the baseline's runs and
+    each candidate's runs are all the evaluation's noise around different true values.
+    """
+
+    ss: float = 0.0
+    df: int = 0
+
+    @classmethod
+    def of(cls, xs: Sequence[float]) -> Pool:
+        return cls(sum_of_squares(xs), max(len(xs) - 1, 0))
+
+    def __add__(self, other: Pool) -> Pool:
+        return Pool(self.ss + other.ss, self.df + other.df)
+
+    @property
+    def variance(self) -> float | None:
+        return self.ss / self.df if self.df else None
+
+
+def z_of_t(t: float, df: float) -> float:
+    """The normal deviate with the same one-sided tail as Student's ``t`` at ``df``.
+
+    A statistic whose noise is estimated is t- rather than normally distributed; mapped
+    through its own distribution onto the normal scale, it can be tested with boundaries
+    made for a known noise.  Capped at +-8.3 (tails below 1e-16 are all alike).
+    """
+    if math.isinf(df):
+        return max(min(t, _Z_CAP), -_Z_CAP)
+    if t == 0.0 or math.isnan(t):
+        return 0.0 if t == 0.0 else math.nan
+    # The tail itself (not 1 - cdf), so that small tails keep their precision.
+    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t)) if math.isfinite(t) else 0.0
+    z = _Z_CAP if tail <= 1e-16 else -NormalDist().inv_cdf(tail)
+    return z if t > 0 else -z
+
+
+_Z_CAP = 8.3
 
 
 @dataclass(frozen=True)

@@ -38,9 +38,10 @@ def test_the_scaffold_runs_keeps_climbs_and_then_discards(repo: Repo, guarded) -
     assert invoke("init", "demo2", "--repo", str(repo.path)).exit_code == 0
     records = [guarded(task="tasks/demo2/task.yaml").record for _ in range(5)]
     assert [r["status"] for r in records] == ["keep"] * 4 + ["discard"]
-    assert records[0]["reason"] == "no baseline available"
+    assert records[0]["reason"] == ("score 2.0 beats baseline 1.0 by 1 (higher is better, "
+                                    "min_improvement 0)")
     assert [r["candidate_score"] for r in records] == [2.0, 3.0, 4.0, 5.0, 5.0]
-    assert [r["baseline_score"] for r in records] == [None, 2.0, 3.0, 4.0, 5.0]
+    assert [r["baseline_score"] for r in records] == [1.0, 2.0, 3.0, 4.0, 5.0]
     assert records[4]["reason"] == "candidate has no change"
     assert records[0]["changed_files"] == ["tasks/demo2/notes.md"]
     assert records[0]["metrics"] == {"checks_passed": 2, "checks_total": 5, "words": 19}

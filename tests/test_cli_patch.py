@@ -36,7 +36,7 @@ def test_a_patch_that_applies_is_scored_and_kept(repo: Repo, guarded, patch_file
     patch = patch_file(diff(NOTES, 1, [], ["second", "third"], context=["first"]))
     rec = guarded("--patch", str(patch)).record
     assert (rec["status"], rec["reason"], rec["candidate_score"]) == (
-        "keep", "no baseline available", 3.0)
+        "keep", "score 3.0 beats baseline 1.0 by 2 (higher is better, min_improvement 0)", 3.0)
     assert repo.read(NOTES) == "first\nsecond\nthird\n"
     assert rec["changed_files"] == [NOTES] and rec["changed_lines"] == 2
     log = (repo.path / "work/runs" / rec["run_id"] / "mutator.log").read_text()

@@ -37,9 +37,13 @@ def test_results_is_a_table_of_every_record(repo: Repo, three: list[dict]) -> No
     assert result.stdout == table(COLUMNS, [row(r) for r in three])
     assert result.stderr == ""
     keep, discard, crash = three
-    assert row(keep)[2:5] == ["2.0", "-", "1 file changed, 1 insertion(+), 0 deletions(-)"]
+    # The first keep was held against its baseline, measured in the same run.
+    assert row(keep)[2:5] == ["2.0", "1.0", "1 file changed, 1 insertion(+), 0 deletions(-)"]
     assert row(discard)[1:3] == ["discard", "-"]
-    assert row(crash)[5] == "runner exited with status 3"
+    # The runner changed, so the baseline is measured again first: it fails there.
+    assert row(crash)[5] == ("runner exited with status 3 (the baseline's own evaluation "
+                             "failed: the artifacts as they are in the main tree, measured "
+                             "before the candidate)")
 
 
 def test_results_json_prints_the_records_as_stored(repo: Repo, three: list[dict]) -> None:

@@ -21,6 +21,12 @@ def use(repo: Repo, **overrides: object) -> None:
     repo.commit("task")
 
 
+# With no stored baseline, the main tree's artifacts are measured first (contract section 3,
+# step 7): a runner or scorer that fails does so on the baseline, and the reason says so.
+BASELINE = (" (the baseline's own evaluation failed: the artifacts as they are in the main "
+            "tree, measured before the candidate)")
+
+
 def crash(repo: Repo, guarded, kind: str, scored: bool = False, **overrides: object) -> dict:
     use(repo, **overrides)
     result = guarded()
@@ -40,7 +46,8 @@ def crash(repo: Repo, guarded, kind: str, scored: bool = False, **overrides: obj
 @pytest.mark.parametrize("step", ["mutator", "runner", "scorer"])
 def test_nonzero_exit_is_a_crash_of_that_step(repo: Repo, guarded, step: str) -> None:
     rec = crash(repo, guarded, step, **{f"{step}__command": sh("sh", f"{BIN}/exit_code.sh", "3")})
-    assert rec["reason"] == f"{step} exited with status 3"
+    after = BASELINE if step != "mutator" else ""
+    assert rec["reason"] == f"{step} exited with status 3{after}"
     assert "exit_code.sh: to stdout" in rec["log_tail"]
     assert "exit_code.sh: to stderr" in rec["log_tail"]
     log = repo.path / "work" / "runs" / rec["run_id"] / f"{step}.log"
@@ -52,7 +59,7 @@ def test_nonzero_exit_is_a_crash_of_that_step(repo: Repo, guarded, step: str) ->
 
 def test_step_killed_by_a_signal_says_so(repo: Repo, guarded) -> None:
     rec = crash(repo, guarded, "runner", runner__command="kill -9 $$")
-    assert rec["reason"] == "runner was killed by signal 9"
+    assert rec["reason"] == "runner was killed by signal 9" + BASELINE
 
 
 def test_log_tail_is_the_last_40_lines(repo: Repo, guarded) -> None:
@@ -66,7 +73,7 @@ def test_a_step_printing_200_mb_never_blocks_and_its_tail_stays_small(
     rec = crash(repo, guarded, "runner", runner__command=f"{PY} {BIN}/flood.py 200; exit 7",
                 runner__timeout_seconds=60)
     assert time.monotonic() - start < 50
-    assert rec["reason"] == "runner exited with status 7"
+    assert rec["reason"] == "runner exited with status 7" + BASELINE
     tail = rec["log_tail"]
     assert 0 < len(tail.encode()) <= 4096
     assert len(tail.splitlines()) <= 40
@@ -94,7 +101,7 @@ def test_timeout_kills_a_child_ignoring_sigterm_and_a_detached_grandchild(
     start = time.monotonic()
     rec = crash(repo, guarded, "timeout", runner__command=command, runner__timeout_seconds=1.5)
     assert time.monotonic() - start < 15
-    assert rec["reason"] == "runner timed out after 1.5s (runner.timeout_seconds)"
+    assert rec["reason"] == "runner timed out after 1.5s (runner.timeout_seconds)" + BASELINE
     assert "detached" in rec["log_tail"] and "ready" in rec["log_tail"]
     assert all_dead([read_pid(stubborn), read_pid(detached)])
 
@@ -116,7 +123,7 @@ def test_budget_smaller_than_the_step_timeout(repo: Repo, guarded) -> None:
                 runner__command=f"sh {BIN}/sleep_forever.sh", runner__timeout_seconds=30)
     assert time.monotonic() - start < 15
     assert rec["reason"].startswith("runner was stopped after ")
-    assert rec["reason"].endswith(": budget.max_seconds (1.5s) ran out")
+    assert rec["reason"].endswith(": budget.max_seconds (1.5s) ran out" + BASELINE)
 
 
 def test_budget_is_shared_by_the_steps(repo: Repo, guarded) -> None:
@@ -124,9 +131,10 @@ def test_budget_is_shared_by_the_steps(repo: Repo, guarded) -> None:
     rec = crash(repo, guarded, "budget", budget__max_seconds=1.5,
                 mutator__command="sleep 0.6", runner__command="sleep 0.6",
                 scorer__command=f"sleep 0.6; {PY} {BIN}/print_score.py 1")
-    assert rec["reason"].endswith("budget.max_seconds (1.5s) ran out") or \
-        rec["reason"].endswith("budget.max_seconds (1.5s) was used up before the scorer could "
-                               "start"), rec["reason"]
+    reason = rec["reason"].removesuffix(BASELINE)
+    assert reason.endswith("budget.max_seconds (1.5s) ran out") or \
+        reason.endswith("budget.max_seconds (1.5s) was used up before the scorer could "
+                        "start"), rec["reason"]
 
 
 # -- a cwd missing in the sandbox ---------------------------------------------------------
@@ -134,7 +142,7 @@ def test_budget_is_shared_by_the_steps(repo: Repo, guarded) -> None:
 
 def test_missing_cwd_is_a_config_crash(repo: Repo, guarded) -> None:
     rec = crash(repo, guarded, "config", runner__cwd="tasks/nowhere")
-    assert rec["reason"] == "runner.cwd: 'tasks/nowhere' does not exist in the sandbox"
+    assert rec["reason"] == "runner.cwd: 'tasks/nowhere' does not exist in the sandbox" + BASELINE
     assert rec["log_tail"] is None
 
 
@@ -143,7 +151,7 @@ def test_cwd_only_in_the_users_ignored_files_is_missing_in_the_sandbox(
     repo.write(".gitignore", "/work/\n/build/\n")
     repo.write("build/keep.txt", "ignored\n")
     rec = crash(repo, guarded, "config", scorer__cwd="build")
-    assert rec["reason"] == "scorer.cwd: 'build' does not exist in the sandbox"
+    assert rec["reason"] == "scorer.cwd: 'build' does not exist in the sandbox" + BASELINE
 
 
 # -- what the scorer prints ---------------------------------------------------------------
@@ -187,14 +195,15 @@ def test_bad_scorer_output_is_a_scorer_crash(repo: Repo, guarded, case: str) -> 
 def test_a_scorer_log_line_on_stderr_is_fine(repo: Repo, guarded) -> None:
     use(repo, scorer__command=sh("sh", "-c", 'echo "scoring..." >&2; echo \'{"score": 4}\''))
     rec = check_record(repo, guarded())
-    assert rec["status"] == "keep" and rec["candidate_score"] == 4.0
+    # Parsed on both sides: the baseline (measured first) scores 4 as well.
+    assert (rec["status"], rec["candidate_score"], rec["baseline_score"]) == ("discard", 4.0, 4.0)
 
 
 def test_dotted_score_field(repo: Repo, guarded) -> None:
     out = '{"metrics": {"f1": 0.75, "latency_ms": 12}}'
     use(repo, scorer__command=sh("printf", "%s", out), scorer__parse__score_field="metrics.f1")
     rec = check_record(repo, guarded())
-    assert rec["status"] == "keep"
+    assert rec["status"] == "discard" and rec["baseline_score"] == 0.75
     assert rec["candidate_score"] == 0.75
     assert rec["metrics"] == {"f1": 0.75, "latency_ms": 12}
 
@@ -202,7 +211,7 @@ def test_dotted_score_field(repo: Repo, guarded) -> None:
 def test_dotted_score_field_missing(repo: Repo, guarded) -> None:
     rec = crash(repo, guarded, "scorer", scorer__command=sh("printf", "%s", '{"metrics": {}}'),
                 scorer__parse__score_field="metrics.f1")
-    assert rec["reason"] == "the scorer's JSON has no field 'metrics.f1'"
+    assert rec["reason"] == "the scorer's JSON has no field 'metrics.f1'" + BASELINE
 
 
 def test_constraint_on_a_missing_metric_is_a_crash(repo: Repo, guarded) -> None:

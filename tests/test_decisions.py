@@ -67,9 +67,11 @@ def stored_score(repo: Repo) -> float | None:
 
 def test_maximize(bench: Bench, repo: Repo) -> None:
     bench.setup("score: 1\n")
+    # The first run measures the baseline (the main tree's artifacts) before it compares.
     first = bench.propose("score: 1\n")
-    assert (first["status"], first["reason"]) == ("keep", "no baseline available")
-    assert first["candidate_score"] == 1.0 and first["baseline_score"] is None
+    assert (first["status"], first["reason"]) == ("discard", "candidate has no change")
+    assert first["candidate_score"] == 1.0 and first["baseline_score"] == 1.0
+    assert first["baseline_source"] == "remeasured" and stored_score(repo) == 1.0
 
     better = bench.propose("score: 2\n")
     assert better["status"] == "keep"
@@ -96,7 +98,7 @@ def test_maximize(bench: Bench, repo: Repo) -> None:
 
 def test_minimize(bench: Bench, repo: Repo) -> None:
     bench.setup("score: 5\n", objective__direction="minimize")
-    assert bench.propose("score: 5\n")["status"] == "keep"
+    assert bench.propose("score: 5\n")["status"] == "discard"  # measures the baseline
     higher = bench.propose("score: 6\n")
     assert higher["status"] == "discard"
     assert higher["reason"] == ("score 6.0 does not beat baseline 5.0 by more than "
@@ -117,7 +119,7 @@ def test_min_improvement(bench: Bench, repo: Repo, direction: str, base: str, eq
                          above: str) -> None:
     bench.setup(f"score: {base}\n", objective__direction=direction,
                 policy__min_improvement=0.5)
-    assert bench.propose(f"score: {base}\n")["status"] == "keep"
+    assert bench.propose(f"score: {base}\n")["baseline_score"] == float(base)
     # Exactly min_improvement better: not "more than", so a discard.
     at = bench.propose(f"score: {equal}\n")
     assert at["status"] == "discard", at["reason"]
@@ -134,7 +136,7 @@ def test_min_improvement(bench: Bench, repo: Repo, direction: str, base: str, eq
 
 def test_max_constraint(bench: Bench, repo: Repo) -> None:
     bench.setup("score: 1\nlatency: 40\n", constraints=[{"metric": "latency", "max": 50}])
-    assert bench.propose("score: 1\nlatency: 40\n")["status"] == "keep"
+    assert bench.propose("score: 1\nlatency: 40\n")["baseline_score"] == 1.0
     slow = bench.propose("score: 9\nlatency: 60\n")
     assert slow["status"] == "discard"
     assert slow["violations"] == [
@@ -151,7 +153,7 @@ def test_max_constraint(bench: Bench, repo: Repo) -> None:
 def test_min_constraint_and_several_violations(bench: Bench, repo: Repo) -> None:
     bench.setup("score: 1\nrecall: 0.9\nlatency: 1\n", constraints=[
         {"metric": "recall", "min": 0.5}, {"metric": "latency", "max": 10}])
-    assert bench.propose("score: 1\nrecall: 0.9\nlatency: 1\n")["status"] == "keep"
+    assert bench.propose("score: 1\nrecall: 0.9\nlatency: 1\n")["baseline_score"] == 1.0
     low = bench.propose("score: 2\nrecall: 0.4\nlatency: 1\n")
     assert low["status"] == "discard"
     assert low["violations"] == [
@@ -196,9 +198,10 @@ def test_no_baseline_and_no_change_sets_the_baseline(bench: Bench, repo: Repo) -
     bench.setup("score: 3\n")
     n = commits(repo)
     first = bench.propose("score: 3\n")
-    assert first["status"] == "keep"
-    assert first["reason"] == "no baseline available"
-    assert first["candidate_score"] == 3.0
+    assert first["status"] == "discard"
+    assert first["reason"] == "candidate has no change"
+    assert first["candidate_score"] == first["baseline_score"] == 3.0
+    assert first["baseline_source"] == "remeasured" and first["runs"] == 1
     assert first["commit"] is None and first["patch"] is None
     assert first["changed_files"] == [] and first["diff_summary"] == ""
     assert commits(repo) == n
@@ -209,43 +212,60 @@ def test_no_baseline_and_no_change_sets_the_baseline(bench: Bench, repo: Repo) -
     assert commits(repo) == n + 1
 
 
-def test_keep_when_no_baseline_false(bench: Bench, repo: Repo) -> None:
-    bench.setup("score: 1\n", policy__keep_when_no_baseline=False)
-    changed = bench.propose("score: 5\n")
-    assert changed["status"] == "discard"
-    assert changed["reason"] == ("no baseline available and policy.keep_when_no_baseline "
-                                 "is false")
-    assert changed["candidate_score"] == 5.0 and changed["baseline_score"] is None
-    assert repo.read(NOTES) == "score: 1\n"
-    assert stored_score(repo) is None
-    # The unchanged artifacts are measured, and that measurement is the baseline.
-    unchanged = bench.propose("score: 1\n")
-    assert unchanged["status"] == "discard"
-    assert "now the baseline" in unchanged["reason"]
-    assert stored_score(repo) == 1.0
-    after = bench.propose("score: 5\n")
-    assert after["status"] == "keep"
-    assert after["baseline_score"] == 1.0
-    assert repo.read(NOTES) == "score: 5\n"
+def test_keep_when_no_baseline_decides_nothing_when_the_artifact_exists(
+        bench: Bench, repo: Repo) -> None:
+    # The first candidate is measured against the main tree's artifacts, whatever the
+    # policy says: a regression is never kept "against nothing".
+    bench.setup("score: 3\n", policy__keep_when_no_baseline=True)
+    worse = bench.propose("score: 2\n")
+    assert worse["status"] == "discard" and worse["baseline_source"] == "remeasured"
+    assert (worse["baseline_score"], worse["candidate_score"]) == (3.0, 2.0)
+    assert worse["reason"] == ("score 2.0 does not beat baseline 3.0 by more than "
+                               "min_improvement 0 (higher is better)")
+    assert repo.read(NOTES) == "score: 3\n" and stored_score(repo) == 3.0
+    assert bench.propose("score: 4\n")["baseline_source"] == "stored"
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_keep_when_no_baseline_decides_when_the_artifact_does_not_exist_yet(
+        bench: Bench, repo: Repo, keep: bool) -> None:
+    bench.setup("score: 1\n", policy__keep_when_no_baseline=keep)
+    repo.git("rm", "-q", NOTES)
+    repo.commit("no notes yet")
+    n = commits(repo)
+    first = bench.propose("score: 5\n")
+    assert first["baseline_source"] == "none" and first["baseline_score"] is None
+    assert first["candidate_score"] == 5.0 and first["runs"] == 1
+    if keep:
+        assert (first["status"], first["reason"]) == ("keep", "no baseline available")
+        assert repo.read(NOTES) == "score: 5\n" and commits(repo) == n + 1
+        assert stored_score(repo) == 5.0
+    else:
+        assert first["status"] == "discard"
+        assert first["reason"] == ("no baseline available and "
+                                   "policy.keep_when_no_baseline is false")
+        assert not (repo.path / NOTES).exists() and commits(repo) == n
+        assert stored_score(repo) is None
 
 
 def test_baseline_belongs_to_the_artifact_content(bench: Bench, repo: Repo) -> None:
     bench.setup("score: 1\n")
     bench.propose("score: 1\n")
     assert bench.propose("score: 2\n")["status"] == "keep"
-    # The user edits the artifact by hand: the stored score no longer describes it.
+    # The user edits the artifact by hand: the stored score no longer describes it, so
+    # the artifact as it is now is measured, and the candidate is held against that.
     repo.write(NOTES, "score: 10\n")
     rec = bench.propose("score: 3\n")
-    assert rec["baseline_score"] is None
-    assert (rec["status"], rec["reason"]) == ("keep", "no baseline available")
-    assert repo.read(NOTES) == "score: 3\n"
-    assert stored_score(repo) == 3.0
+    assert (rec["baseline_score"], rec["baseline_source"]) == (10.0, "remeasured")
+    assert rec["status"] == "discard"
+    assert repo.read(NOTES) == "score: 10\n"
+    assert stored_score(repo) == 10.0
     # The same for an edit the user commits.
     repo.write(NOTES, "score: 20\n")
     repo.commit("by hand")
-    rec = bench.propose("score: 4\n")
-    assert (rec["baseline_score"], rec["status"]) == (None, "keep")
-    assert stored_score(repo) == 4.0
+    rec = bench.propose("score: 30\n")
+    assert (rec["baseline_score"], rec["status"]) == (20.0, "keep")
+    assert stored_score(repo) == 30.0
 
 
 def test_baseline_is_used_again_when_the_content_comes_back(bench: Bench, repo: Repo) -> None:
@@ -271,7 +291,8 @@ def test_baseline_store_lives_under_work(bench: Bench, repo: Repo) -> None:
     # Without the store, the same content has no baseline any more.
     (repo.path / STORE).unlink()
     again = bench.propose("score: 3\n")
-    assert again["baseline_score"] is None and again["status"] == "keep"
+    assert (again["baseline_source"], again["baseline_score"]) == ("remeasured", 2.0)
+    assert again["status"] == "keep"
 
 
 # ---------------------------------------------------------------------------

@@ -8,12 +8,14 @@ import pytest
 from conftest import Repo
 
 
-def test_first_run_keeps_without_baseline_and_commits(repo: Repo, guarded) -> None:
+def test_first_run_measures_its_baseline_then_keeps_and_commits(repo: Repo, guarded) -> None:
     result = guarded()
     rec = result.record
     assert result.code == 0
     assert rec["status"] == "keep"
-    assert rec["reason"] == "no baseline available"
+    assert rec["reason"] == ("score 2.0 beats baseline 1.0 by 1 (higher is better, "
+                             "min_improvement 0)")
+    assert (rec["baseline_source"], rec["baseline_score"], rec["runs"]) == ("remeasured", 1.0, 2)
     assert rec["candidate_score"] == 2.0
     assert rec["changed_files"] == ["tasks/demo/notes.md"]
     assert rec["diff_summary"] == "1 file changed, 1 insertion(+), 0 deletions(-)"

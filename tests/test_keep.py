@@ -58,7 +58,7 @@ def test_one_commit_per_keep_with_subject_and_trailers(repo: Repo, guarded) -> N
     assert trailer(repo, "Loopengine-Task") == "demo"
     assert trailer(repo, "Loopengine-Run") == first["run_id"]
     assert trailer(repo, "Loopengine-Score") == "2.0"
-    assert trailer(repo, "Loopengine-Baseline") == "none"
+    assert trailer(repo, "Loopengine-Baseline") == "1.0"  # measured before the candidate
 
     second = guarded().record
     assert second["status"] == "keep"

@@ -14,8 +14,17 @@ from typing import Any
 import pytest
 
 from loopengine import stats
-from loopengine.decide import EARLY_SHARE, decide, judge, keep_alpha
-from loopengine.measure import Measurement, Plan, Sample, measure, new_baseline, plan
+from loopengine.decide import boundaries, decide, judge
+from loopengine.measure import (
+    Measurement,
+    Plan,
+    Sample,
+    mean_metrics,
+    measure,
+    missing_artifacts,
+    new_baseline,
+    plan,
+)
 from loopengine.results import Baseline
 from loopengine.task import load_task
 
@@ -117,77 +126,138 @@ def test_welch_without_noise_is_exact() -> None:
 
 
 # ---------------------------------------------------------------------------
-# judge: one look
+# Exactness and pooled noise
+
+
+def test_identical_scores_have_exactly_no_spread() -> None:
+    # fsum-based means of 0.1 repeated used to leave 1e-17 differences: sd 1.2e-16.
+    for n in range(2, 40):
+        assert stats.variance([0.1] * n) == 0.0 and stats.stdev([2.675] * n) == 0.0
+        assert stats.mean([0.1] * n) == 0.1
+    assert stats.variance([1e9 + 1, 1e9 + 3]) == 2.0  # no precision lost to the offset
+
+
+def test_pool_adds_groups_within_their_own_means() -> None:
+    pool = stats.Pool.of([1.0, 2.0, 3.0]) + stats.Pool.of([10.0, 12.0])
+    assert (pool.ss, pool.df) == (4.0, 3) and pool.variance == pytest.approx(4 / 3)
+    assert stats.Pool.of([5.0]).df == 0 and stats.Pool().variance is None
+
+
+def test_z_of_t_keeps_the_tail() -> None:
+    assert stats.z_of_t(0.0, 3) == 0.0
+    assert stats.z_of_t(2.0, math.inf) == 2.0
+    for t, df in [(2.0, 5), (-1.2, 3), (4.0, 30)]:
+        tail = stats.t_cdf(-abs(t), df)
+        assert stats.z_of_t(t, df) == pytest.approx(
+            math.copysign(-stats.NormalDist().inv_cdf(tail), t), rel=1e-9)
+    assert stats.z_of_t(1e12, 2) == 8.3 and stats.z_of_t(-1e12, 2) == -8.3
+
+
+# ---------------------------------------------------------------------------
+# judge: one look of the sequential test
 
 
 def look(cand: list[float], base: list[float], *, final: bool = False, repeats: int = 5,
-         m: float = 0.0, direction: str = "maximize", confidence: float = 0.95) -> Any:
+         m: float = 0.0, direction: str = "maximize", confidence: float = 0.95,
+         noise: stats.Pool | None = None, effect: float | None = None) -> Any:
     return judge(cand, base, direction=direction, min_improvement=m, confidence=confidence,
-                 repeats=repeats, final=final)
+                 repeats=repeats, final=final, noise=noise, effect=effect)
 
 
-def test_keep_levels_spend_at_most_one_minus_confidence() -> None:
-    for repeats in range(1, 12):
-        early = max(repeats - 2, 0)
-        total = early * keep_alpha(0.95, repeats, final=False) + keep_alpha(
-            0.95, repeats, final=True)
-        assert total == pytest.approx(0.05)
-    assert keep_alpha(0.95, 2, final=True) == pytest.approx(0.05)
-    assert keep_alpha(0.95, 6, final=False) == pytest.approx(0.05 * EARLY_SHARE / 4)
+def test_boundaries_are_walds() -> None:
+    keep, discard = boundaries(0.95)
+    assert keep == pytest.approx(math.log(0.5 / 0.05))
+    assert discard == pytest.approx(math.log(0.5 / 0.95))
 
 
-def test_one_measurement_a_side_is_the_plain_comparison() -> None:
-    assert look([2.0], [1.0]).state == "more"  # no noise estimate, runs remain
-    plain = look([2.0], [1.0], final=True)
+def test_repeats_one_is_the_plain_comparison() -> None:
+    plain = look([2.0], [1.0], repeats=1, final=True)
     assert (plain.state, plain.improvement, plain.interval) == ("keep", 1.0, None)
     assert plain.reason == ("score 2.0 beats baseline 1.0 by 1 (higher is better, "
                             "min_improvement 0)")
-    assert look([1.0], [1.0], final=True).state == "discard"
+    assert look([1.0], [1.0], repeats=1, final=True).state == "discard"
+    # Several stored baseline runs: their mean, still no test.
+    assert look([1.05], [1.0, 1.2, 0.9], repeats=1, final=True).state == "keep"
 
 
-def test_a_keep_needs_two_candidate_runs_a_discard_one() -> None:
-    assert look([2.0], [1.0, 1.0]).state == "more"
-    assert look([2.0, 2.0], [1.0, 1.0]).state == "keep"
-    worse = look([0.5], [1.0, 1.0])
-    assert worse.state == "discard" and worse.interval == (-0.5, -0.5)
-    assert worse.reason == (
-        "score 0.5 vs baseline 1.0: does not beat it (improvement -0.5, interval [-0.5, -0.5], "
-        "min_improvement 0, confidence 0.95, candidate 1 run, baseline 2 runs; higher is "
-        "better)")
-    assert look([2.0], [1.0, 1.0], repeats=1, final=True).state == "keep"
+def test_a_keep_needs_two_candidate_runs() -> None:
+    noise = stats.Pool(ss=100.0, df=100)  # sd 1, well known
+    assert look([9.0], [0.0] * 9, noise=noise).state == "more"
+    kept = look([9.0, 9.1], [0.0] * 9, noise=noise)
+    assert kept.state == "keep" and kept.reason.startswith("score 9.05 vs baseline 0.0: "
+                                                            "beats it (improvement 9.05")
+    assert "candidate 2 runs, baseline 9 runs; higher is better" in kept.reason
 
 
-def test_a_close_call_is_inconclusive_only_at_the_last_look() -> None:
-    cand, base = [1.1, 0.9, 1.3], [1.0, 0.8, 1.1]
-    assert look(cand, base, repeats=3).state == "more"
-    last = look(cand, base, repeats=3, final=True)
+def test_clearly_worse_is_not_promising_after_one_run() -> None:
+    noise = stats.Pool(ss=100.0, df=100)
+    worse = look([-3.0], [0.0] * 6, noise=noise)
+    assert worse.state == "discard" and worse.reason.startswith("not promising: score -3.0 "
+                                                                "vs baseline 0.0 (")
+    low, high = worse.interval
+    assert low < -3.0 < high < 0.0
+
+
+def test_a_close_call_is_inconclusive_only_at_the_cap() -> None:
+    noise = stats.Pool(ss=100.0, df=100)
+    cand, base = [0.6, 0.4, 0.5], [0.0] * 9
+    assert look(cand, base, repeats=3, noise=noise).state == "more"
+    last = look(cand, base, repeats=3, final=True, noise=noise)
     assert last.state == "discard" and last.reason.startswith("inconclusive: score ")
-    low, high = last.interval
-    assert low < 0.0 < high and last.improvement == pytest.approx(0.4 / 3)
+    assert "at this look keep above " in last.reason and ", discard below " in last.reason
+    assert last.improvement == pytest.approx(0.5)
 
 
-def test_min_improvement_and_direction() -> None:
-    base = [10.0, 10.2, 9.8, 10.1]
-    faster = [9.0, 9.1, 8.9, 9.05]
-    assert look(faster, base, direction="minimize", final=True).state == "keep"
-    assert look(faster, base, direction="maximize", final=True).state == "discard"
-    assert look(faster, base, direction="minimize", m=1.5, final=True).state == "discard"
-    kept = look(faster, base, direction="minimize", final=True)
-    assert kept.improvement == pytest.approx(1.0125) and "lower is better" in kept.reason
+def test_the_boundaries_shown_are_the_ones_used() -> None:
+    noise = stats.Pool(ss=100.0, df=100)
+    base = [0.0] * 9
+    last = look([0.5, 0.5], base, repeats=2, final=True, noise=noise)
+    keep_at = float(last.reason.split("keep above ")[1].split(",")[0])
+    discard_at = float(last.reason.split("discard below ")[1].split(" ")[0])
+    assert look([keep_at + 0.01] * 2, base, noise=noise).state == "keep"
+    assert look([keep_at - 0.01] * 2, base, noise=noise).state == "more"
+    assert look([discard_at - 0.01] * 2, base, noise=noise).state == "discard"
+    assert look([discard_at + 0.01] * 2, base, noise=noise).state == "more"
 
 
-def test_early_keeps_need_more_evidence_than_the_last_look() -> None:
-    cand, base = [1.9, 2.4, 2.1], [1.0, 1.6, 1.2, 1.4]
-    early = look(cand, base, repeats=8)
-    last = look(cand, base, repeats=8, final=True)
-    assert early.interval[0] < last.interval[0]
+def test_min_improvement_effect_and_direction() -> None:
+    noise = stats.Pool(ss=1.0, df=100)  # sd 0.1
+    base = [10.0, 10.1, 9.9, 10.0, 10.05, 9.95]
+    faster = [9.0, 9.1, 8.9]
+    assert look(faster, base, direction="minimize", noise=noise).state == "keep"
+    assert look(faster, base, direction="maximize", noise=noise).state == "discard"
+    assert look(faster, base, direction="minimize", m=1.5, noise=noise).state == "discard"
+    kept = look(faster, base, direction="minimize", noise=noise)
+    assert kept.improvement == pytest.approx(1.0) and "lower is better" in kept.reason
+    # The default effect: one noise standard deviation, pooled over every run (about 0.1).
+    assert "(effect 0.098" in kept.reason
+    # A stated effect changes the boundaries, not the estimate.
+    big = look(faster, base, direction="minimize", noise=noise, effect=5.0)
+    assert big.improvement == kept.improvement and "effect 5," in big.reason
+
+
+def test_a_noisy_candidate_is_judged_by_its_own_noise() -> None:
+    noise = stats.Pool(ss=1.0, df=100)  # sd 0.1
+    base = [0.0] * 9
+    steady = look([1.0, 1.0], base, noise=noise)
+    wild = look([-1.0, 3.0], base, noise=noise)  # the same mean, sd 2.8
+    assert steady.state == "keep" and wild.state == "more"
+
+
+def test_no_noise_at_all_is_exact() -> None:
+    assert look([2.0], [1.0, 1.0, 1.0]).state == "more"  # a keep needs a second run
+    kept = look([2.0, 2.0], [1.0, 1.0, 1.0])
+    assert kept.state == "keep" and kept.interval == (1.0, 1.0)
+    worse = look([0.5], [1.0, 1.0, 1.0])
+    assert worse.state == "discard" and "does not beat it" in worse.reason
 
 
 def test_decide_uses_the_verdict_only_for_a_comparison() -> None:
     common: dict[str, Any] = {"direction": "maximize", "min_improvement": 0.0,
                               "constraints": (), "metrics": {}, "keep_when_no_baseline": True}
-    verdict = look([1.2, 1.0, 1.4], [1.0, 1.1, 0.9], repeats=3, final=True)
-    d = decide(score=1.2, baseline=1.0, has_change=True, verdict=verdict, **common)
+    noise = stats.Pool(ss=1.0, df=100)
+    verdict = look([0.11, 0.09], [0.0] * 6, repeats=2, final=True, noise=noise)
+    d = decide(score=0.1, baseline=0.0, has_change=True, verdict=verdict, **common)
     assert d.status == "discard" and d.reason.startswith("inconclusive")
     assert decide(score=1.2, baseline=1.0, has_change=True, **common).status == "keep"
     assert decide(score=1.2, baseline=1.0, has_change=False, verdict=verdict,
@@ -243,7 +313,10 @@ def stored(scores: tuple[float, ...] = (), fp: str | None = "fp", score: float =
 
 def test_plan(make_task: Any) -> None:
     one, five = make_task(), make_task(repeats=5)
-    assert plan(one, None, "fp") == Plan("none")
+    # No stored baseline: the main tree's artifacts are measured, unless one is missing.
+    assert plan(one, None, "fp").source == "remeasured"
+    assert plan(one, None, "fp", ["a.md"]) == Plan(
+        "none", why="a.md does not exist yet, so there is no baseline to measure")
     assert plan(one, stored(), "fp") == Plan("stored", (1.0,))
     assert plan(five, stored((1.0, 2.0)), "fp") == Plan("stored", (1.0, 2.0))
     assert plan(one, stored(fp="old"), "fp").source == "remeasured"
@@ -254,29 +327,43 @@ def test_plan(make_task: Any) -> None:
     assert plan(again, None, "fp").source == "remeasured"
 
 
-def test_measure_interleaves_and_stops_when_clear(make_task: Any) -> None:
-    task = make_task(repeats=5)
-    fake = Fake([1.0] * 5, [2.0] * 5)
+def test_missing_artifacts(make_task: Any) -> None:
+    task = make_task()
+    assert missing_artifacts(task, {}) == ["a.md"]
+    assert missing_artifacts(task, {"a.md": "file:x"}) == []
+
+
+def test_measure_puts_the_baseline_first_and_sizes_it(make_task: Any) -> None:
+    task = make_task(repeats=4)  # up to 3 baseline runs per candidate run, capped at 6
+    fake = Fake([1.0] * 20, [1.0, 1.1, 0.9, 1.0])
     m = run(task, fake, Plan("remeasured"))
-    assert m.order == ["B", "C", "B", "C"] and m.look.state == "keep"
-    assert (m.baseline, m.candidate, m.fresh) == ([1.0, 1.0], [2.0, 2.0], 2)
+    assert m.order == ["B", "B", "B", "C", "B", "B", "B", "C", "C", "C"][:len(m.order)]
+    assert m.order[:4] == ["B", "B", "B", "C"]
+    assert len(m.baseline) <= 6 and m.runs == len(m.order) and m.fresh == len(m.baseline)
 
 
 def test_measure_tops_up_the_stored_baseline(make_task: Any) -> None:
-    task = make_task(repeats=2)  # the baseline fills up to 4 x 2 measurements
-    fake = Fake([1.0, 1.2], [1.1, 1.1])
-    m = run(task, fake, Plan("stored", (1.1,) * 6))
-    assert m.order == ["B", "C", "B", "C"]
-    assert m.baseline == [1.1] * 6 + [1.0, 1.2] and m.fresh == 2
-    full = run(task, Fake([], [1.05, 1.06]), Plan("stored", (1.0, 1.1) * 4))
-    assert full.order == ["C", "C"] and full.fresh == 0
+    task = make_task(repeats=2)  # the baseline grows to 3 runs (1.5 x 2)
+    fake = Fake([1.0], [1.1, 1.1])
+    m = run(task, fake, Plan("stored", (1.1, 0.9)))
+    assert m.order[:2] == ["B", "C"] and m.baseline[:3] == [1.1, 0.9, 1.0] and m.fresh == 1
+    full = run(task, Fake([], [1.05, 1.06]), Plan("stored", (1.0, 1.1, 1.2)))
+    assert full.order[0] == "C" and full.fresh == 0
+
+
+def test_remeasure_alternates(make_task: Any) -> None:
+    task = make_task(repeats=5, remeasure_baseline=True)
+    fake = Fake([1.0] * 5, [2.0] * 5)
+    m = run(task, fake, Plan("remeasured"))
+    assert m.order == ["B", "C", "B", "C"] and m.look.state == "keep"
+    assert (m.baseline, m.candidate, m.fresh, m.runs) == ([1.0, 1.0], [2.0, 2.0], 2, 4)
 
 
 def test_measure_stops_for_the_budget(make_task: Any) -> None:
     task = make_task(repeats=5)
-    fake = Fake([1.0, 1.1, 0.9], [1.0, 1.05, 1.1])
+    fake = Fake([1.0] * 10, [1.0, 1.05, 1.1])
     m = run(task, fake, Plan("stored", (1.0, 1.1, 0.9, 1.0, 1.05)), time_left=1.0)
-    assert m.order == ["B", "C"] and m.look.state == "discard"
+    assert m.order == ["B", "B", "C"][-len(m.order):] and m.look.state == "discard"
     assert m.look.reason.startswith("inconclusive")
 
 
@@ -288,6 +375,13 @@ def test_measure_alone(make_task: Any) -> None:
     assert same.baseline == [1.0] * 3 and same.fresh == 3 and same.order == ["C"] * 3
     refused = make_task(repeats=3, keep_when_no_baseline=False)
     assert run(refused, Fake([], [1.0]), Plan("none")).candidate == [1.0]
+
+
+def test_mean_metrics() -> None:
+    runs = [{"ms": 40.1, "name": "a", "ok": True}, {"ms": 19.9, "name": "b", "ok": False}]
+    assert mean_metrics(runs) == {"ms": 30.0, "name": "b", "ok": False}
+    assert mean_metrics(runs[:1]) == runs[0] and mean_metrics([]) == {}
+    assert mean_metrics([{"n": 1}, {"m": 2}]) == {"m": 2}
 
 
 def test_new_baseline(make_task: Any) -> None:

@@ -362,7 +362,8 @@ def test_runtime_folders_are_not_changes(repo: Repo, guarded, marker: Path) -> N
 def test_only_runtime_changes_is_no_change(repo: Repo, guarded, marker: Path) -> None:
     use_task(repo, marker, "write", "work/scratch.txt", "x\\n")
     first = guarded().record
-    assert first["status"] == "keep" and first["reason"] == "no baseline available"
+    assert first["status"] == "discard" and first["reason"] == "candidate has no change"
+    assert first["baseline_source"] == "remeasured" and first["baseline_score"] == 1.0
     assert first["changed_files"] == [] and first["diff_summary"] == ""
     assert first["changed_lines"] == 0 and first["patch"] is None and first["commit"] is None
     second = guarded().record
@@ -395,7 +396,8 @@ def test_patch_reproduces_a_multi_file_candidate(repo: Repo, guarded, marker: Pa
 
 @pytest.mark.parametrize(
     ("path", "text", "rule"),
-    [("README.md", "b project", "not_an_artifact"), (NOTES, "other", None)],
+    # The artifact's new text has two lines (same size): it scores 2 against the baseline's 1.
+    [("README.md", "b project", "not_an_artifact"), (NOTES, "ot\\nhe", None)],
     ids=["non-artifact", "artifact"],
 )
 def test_a_fast_same_size_edit_is_seen(
@@ -413,14 +415,16 @@ def test_a_fast_same_size_edit_is_seen(
     repo.commit("task")
     rec = guarded().record
     assert rec["changed_files"] == [path]
-    assert rec["diff_summary"] == "1 file changed, 1 insertion(+), 1 deletion(-)"
+    added = 1 if rule else 2
+    assert rec["diff_summary"] == f"1 file changed, {added} insertions(+), 1 deletion(-)" \
+        .replace("1 insertions", "1 insertion")
     if rule:
         assert rec["status"] == "discard"
         assert [v["rule"] for v in rec["violations"]] == [rule]
         assert not marker.exists()
     else:
         assert rec["status"] == "keep", rec["reason"]
-        assert repo.read(NOTES) == "other\n"
+        assert repo.read(NOTES) == "ot\nhe\n"
 
 
 def test_a_fast_same_size_edit_is_seen_in_a_copy_sandbox(

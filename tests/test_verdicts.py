@@ -76,11 +76,12 @@ def loop(repo: Repo, guarded: Any, tmp_path: Path) -> Loop:
 
 def test_defaults_measure_once_and_records_carry_the_section_8_fields(loop: Loop) -> None:
     loop.setup()
+    # No change and nothing stored: the one run measures the baseline.
     first = loop.propose("score: 1\n")
-    assert (first["status"], first["baseline_source"]) == ("keep", "none")
-    assert first["candidate_scores"] == [1.0] and first["baseline_scores"] == []
-    assert first["improvement"] is None and first["interval"] is None
-    assert first["fingerprint"].startswith("sha256:")
+    assert (first["status"], first["baseline_source"]) == ("discard", "remeasured")
+    assert first["candidate_scores"] == [1.0] and first["baseline_scores"] == [1.0]
+    assert first["improvement"] == 0.0 and first["interval"] is None
+    assert first["fingerprint"].startswith("sha256:") and first["runs"] == 1
     assert loop.seen() == ["1"]
     second = loop.propose("score: 3\n")
     assert second["status"] == "keep"
@@ -89,7 +90,7 @@ def test_defaults_measure_once_and_records_carry_the_section_8_fields(loop: Loop
     assert second["baseline_source"] == "stored"
     assert second["candidate_scores"] == [3.0] and second["baseline_scores"] == [1.0]
     assert second["improvement"] == 2.0 and second["interval"] is None
-    assert second["fingerprint"] == first["fingerprint"]
+    assert second["fingerprint"] == first["fingerprint"] and second["runs"] == 1
     assert loop.seen() == ["3"]  # the stored baseline is not measured again
     assert loop.stored()["fingerprint"] == first["fingerprint"]
     # A discard by a rule, before anything is measured, has the fields too.
@@ -97,6 +98,7 @@ def test_defaults_measure_once_and_records_carry_the_section_8_fields(loop: Loop
     assert rule["status"] == "discard" and rule["violations"]
     assert all(key in rule for key in SECTION_8)
     assert rule["candidate_scores"] == [] and rule["baseline_source"] == "stored"
+    assert rule["runs"] == 0
 
 
 # ---------------------------------------------------------------------------
@@ -105,43 +107,44 @@ def test_defaults_measure_once_and_records_carry_the_section_8_fields(loop: Loop
 
 def test_a_deterministic_scorer_stops_after_the_minimum_runs(loop: Loop) -> None:
     loop.setup(policy__repeats=5)
-    first = loop.propose("score: 1\n")  # no baseline: the measurement becomes the baseline
-    assert first["status"] == "keep" and first["candidate_scores"] == [1.0] * 5
+    first = loop.propose("score: 1\n")  # no change, nothing stored: the baseline, 5 runs
+    assert first["status"] == "discard" and first["candidate_scores"] == [1.0] * 5
     assert loop.stored()["scores"] == [1.0] * 5
     better = loop.propose("score: 2\n")
-    # One run could only discard; a keep needs the candidate's second run.  Meanwhile the
-    # stored baseline gains a run before each candidate run (it fills up to 4 x repeats).
+    # One run could only discard; a keep needs the candidate's second run.  Before it,
+    # the baseline grows to 3 runs per candidate run (capped at 1.5 x repeats = 7).
     assert better["status"] == "keep", better["reason"]
     assert better["candidate_scores"] == [2.0, 2.0]
-    assert better["baseline_scores"] == [1.0] * 7 and better["baseline_source"] == "stored"
+    assert better["baseline_scores"] == [1.0] * 6 and better["baseline_source"] == "stored"
     assert better["improvement"] == 1.0 and better["interval"] == [1.0, 1.0]
-    assert loop.seen() == ["1"] * 5 + ["1", "2", "1", "2"]
+    assert better["runs"] == 3
+    assert loop.seen() == ["1"] * 5 + ["2", "1", "2"]
     # The keep's own scores never become the baseline's measurements (winner's curse):
-    # the next iteration measures the baseline afresh, interleaved.
+    # the next iteration measures the baseline afresh, before its candidate.
     assert loop.stored()["score"] == 2.0 and loop.stored()["scores"] == []
     worse = loop.propose("score: 1.5\n")
     assert worse["status"] == "discard" and worse["baseline_source"] == "remeasured"
-    assert loop.seen() == ["2", "1.5", "2", "1.5"]
-    assert loop.stored()["scores"] == [2.0, 2.0]
+    assert loop.seen() == ["2", "2", "2", "1.5"] and worse["runs"] == 4
+    assert loop.stored()["scores"] == [2.0, 2.0, 2.0]
     # With the baseline's noise known (zero), a worse candidate costs one run.
     again = loop.propose("score: 0.5\n")
     assert again["status"] == "discard" and again["baseline_source"] == "stored"
-    assert loop.seen() == ["2", "0.5"]  # topped up: one baseline run, then the candidate
+    assert loop.seen() == ["0.5"] and again["runs"] == 1
     assert again["candidate_scores"] == [0.5] and again["baseline_scores"] == [2.0] * 3
     assert "does not beat it" in again["reason"]
 
 
 def test_a_noisy_close_call_is_an_inconclusive_discard(loop: Loop, repo: Repo) -> None:
-    # Calls 0-2 measure the first baseline: 10, 11, 9.  Then B C B C B C: the baseline
-    # gets 10.5, 9.5, 10 and the candidate 10.3, 11.3, 9.3 -- better by 0.3, sd about 1.
-    loop.setup(offsets="0,1,-1,0.5,0,-0.5,1,0,-1", policy__repeats=3)
+    # Calls 0-2 measure the first baseline: 10, 11, 9.  Then C B C C (the baseline grows
+    # to 4 runs, 1.5 x repeats): the candidate gets 10.8, 9.8, 10.6, the baseline 10.
+    loop.setup("score: 10\n", offsets="0,1,-1,0.5,0,-0.5,0.3", policy__repeats=3)
     loop.propose("score: 10\n")
     head = repo.git("rev-parse", "HEAD")
     close = loop.propose("score: 10.3\n")
     assert close["status"] == "discard"
     assert close["reason"].startswith("inconclusive: ")
-    assert close["candidate_scores"] == pytest.approx([10.3, 11.3, 9.3])
-    assert close["baseline_scores"] == [10.0, 11.0, 9.0, 10.5, 9.5, 10.0]
+    assert close["candidate_scores"] == pytest.approx([10.8, 9.8, 10.6])
+    assert close["baseline_scores"] == [10.0, 11.0, 9.0, 10.0]
     low, high = close["interval"]
     assert low <= 0.0 < high and low < close["improvement"] < high
     assert f"improvement {close['improvement']:.6g}" in close["reason"]
@@ -150,24 +153,32 @@ def test_a_noisy_close_call_is_an_inconclusive_discard(loop: Loop, repo: Repo) -
 
 
 def test_a_clearly_worse_candidate_costs_one_run(loop: Loop) -> None:
-    loop.setup(sigma=0.1, policy__repeats=6)
+    loop.setup("score: 10\n", sigma=0.1, policy__repeats=6)
     loop.propose("score: 10\n")
     loop.seen()
     bad = loop.propose("score: 8\n")
     assert bad["status"] == "discard" and len(bad["candidate_scores"]) == 1
-    assert loop.seen() == ["10", "8"]  # one candidate run, after one run for the baseline
+    assert bad["reason"].startswith("not promising: ")
+    assert loop.seen() == ["8"]  # the stored baseline already has its 6 runs
 
 
-def test_a_constraint_broken_by_any_run_stops_the_measuring(loop: Loop) -> None:
-    loop.setup(policy__repeats=3, constraints=[{"metric": "k", "max": 5}])
-    loop.propose("score: 1\n")  # calls 0, 1, 2
-    late = loop.propose("score: 5\n")  # B 3, C 4 (k=4 is fine), B 5, C 6 (k=6 breaks it)
-    assert late["status"] == "discard" and late["violations"][0]["actual"] == 6
-    assert late["candidate_scores"] == [5.0, 5.0] and late["metrics"] == {"k": 6}
+def test_constraints_under_repeats_are_judged_on_the_mean(loop: Loop) -> None:
+    # The metric k is the scorer's call number.  One run over the bound (k = 5 > 4.5) does
+    # not end the measuring: the mean of the candidate's runs (3 and 5) is what counts.
+    loop.setup(policy__repeats=3, constraints=[{"metric": "k", "max": 4.5}])
+    loop.propose("score: 1\n")  # calls 0, 1, 2: the baseline
+    kept = loop.propose("score: 5\n")  # C 3, B 4, C 5
+    assert kept["status"] == "keep", kept["reason"]
+    assert kept["candidate_scores"] == [5.0, 5.0] and kept["metrics"] == {"k": 4.0}
+    # Over the bound on average: a discard that says it is the mean.
+    over = loop.propose("score: 6\n")  # B 6, 7, 8, C 9, B, C ...
+    assert over["status"] == "discard"
+    assert over["reason"].startswith("constraint violated: k = ")
+    assert over["violations"][0]["actual"] == over["metrics"]["k"] > 4.5
 
 
 def test_minimize_with_repeats(loop: Loop) -> None:
-    loop.setup(policy__repeats=3, objective__direction="minimize")
+    loop.setup("score: 5\n", policy__repeats=3, objective__direction="minimize")
     loop.propose("score: 5\n")
     lower = loop.propose("score: 4\n")
     assert lower["status"] == "keep" and lower["improvement"] == 1.0
@@ -228,7 +239,7 @@ def scorer_in_repo(loop: Loop, repo: Repo, factor: str = "") -> str:
 def test_a_changed_scorer_makes_the_baseline_stale(loop: Loop, repo: Repo) -> None:
     loop.setup(scorer=scorer_in_repo(loop, repo))
     first = loop.propose("score: 1\n")
-    assert first["status"] == "keep" and loop.stored()["score"] == 1.0
+    assert first["status"] == "discard" and loop.stored()["score"] == 1.0
     scorer_in_repo(loop, repo, factor="10")  # uncommitted: the sandbox has it too
     second = loop.propose("score: 1.5\n")
     # Never held against 1.0, measured by the old scorer: the baseline is measured again.
@@ -327,7 +338,8 @@ def test_a_scorer_that_deletes_a_tracked_file_is_a_crash(loop: Loop, repo: Repo)
 def test_new_untracked_outputs_are_fine(loop: Loop) -> None:
     loop.setup(runner__command=f"{PY} {BIN}/mutate.py write out/report.txt done "
                "write ../../build.log x")
-    assert loop.propose("score: 1\n")["status"] == "keep"
+    rec = loop.propose("score: 1\n")
+    assert (rec["status"], rec["reason"]) == ("discard", "candidate has no change")
 
 
 # ---------------------------------------------------------------------------
@@ -348,11 +360,11 @@ def test_calibrate_prints_the_spread_and_the_policies(loop: Loop, repo: Repo,
         "mean 3, standard deviation 1.58114",
         "to keep false keeps under 5% (confidence 0.95) for an effect of 1.58114 "
         "(--effect; default: one standard deviation):",
-        "  repeats: 14, min_improvement: 0 -- a Welch test on up to 14 runs a side keeps "
-        "the effect 81% of the time",
+        "  repeats: 12, effect: null -- the sequential test keeps the effect 66% of the "
+        "time; a candidate that is no improvement costs about 2.9 of its own runs",
         "  repeats: 1, min_improvement: 4.76695 -- one run a side, no test; keeps the "
         "effect 11% of the time",
-        "the task now has repeats: 1, min_improvement: 0, confidence: 0.95",
+        "the task now has repeats: 1, effect: null, min_improvement: 0, confidence: 0.95",
     ]
     assert loop.seen() == ["1"] * 5
     assert not (repo.path / STORE).exists()  # calibrate only reads
@@ -367,7 +379,8 @@ def test_calibrate_json_and_a_stated_effect(loop: Loop, repo: Repo) -> None:
     data = json.loads(result.stdout)
     assert data["mean"] == 3.0 and data["scores"] == [1.0, 2.0, 3.0, 4.0, 5.0]
     assert data["effect"] == 4.0 and data["confidence"] == 0.99
-    assert data["tested"]["repeats"] == 5 and data["tested"]["power"] >= 0.8
+    assert data["tested"]["repeats"] <= 4 and data["tested"]["power"] >= 0.65
+    assert data["tested"]["effect"] == 4.0 and data["deterministic"] is False
     assert data["single"]["min_improvement"] == pytest.approx(8.37843, abs=1e-5)
     assert data["fingerprint"].startswith("sha256:")
 
@@ -376,8 +389,9 @@ def test_calibrate_a_deterministic_evaluation(loop: Loop, repo: Repo) -> None:
     loop.setup()
     result = repo.run("--task", "tasks/demo/task.yaml", "--repeats", "3", command="calibrate")
     assert result.code == 0, result.stderr
-    assert "standard deviation 0" in result.stdout
-    assert "looks deterministic: repeats 1 and min_improvement 0" in result.stdout
+    assert "mean 1, standard deviation 0\n" in result.stdout
+    assert ("the evaluation is deterministic (3 identical scores): repeats 1 and "
+            "min_improvement 0 make no false keeps") in result.stdout
 
 
 def test_calibrate_crashes_like_a_run_would(loop: Loop, repo: Repo) -> None:
@@ -456,4 +470,4 @@ def test_fingerprint_files_leave_out_the_artifacts_and_the_task_file(repo: Repo)
 def test_touching_a_tracked_file_without_changing_it_is_fine(loop: Loop) -> None:
     rewrite = "p = '../../README.md'; data = open(p).read(); open(p, 'w').write(data)"
     loop.setup(runner__command=f'sleep 1.1 && {PY} -c "{rewrite}"')
-    assert loop.propose("score: 1\n")["status"] == "keep"
+    assert loop.propose("score: 2\n")["status"] == "keep"

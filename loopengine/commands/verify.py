@@ -79,7 +79,7 @@ def verify(root: Path, rev: str, task_path: str | None, reporter: Reporter) -> i
                                      log_dir=it.run_dir, phase=reporter.phase)
         m = measure.Measurement()
         measure.measure(task, evaluate, measure.Plan("remeasured"), m, has_change=True,
-                        time_left=lambda: runner.deadline - time.monotonic())
+                        time_left=lambda: runner.deadline - time.monotonic(), paired=True)
     click.echo(report(keep, task, m, fp, recorded))
     for note in notes:
         click.echo(f"note: {note}")

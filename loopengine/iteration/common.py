@@ -7,13 +7,13 @@ import datetime as dt
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from loopengine import decide as decide_mod
 from loopengine import diff as diff_mod
-from loopengine import git, journal, pool, recovery, sandbox, score, tripwire
+from loopengine import git, journal, pool, recovery, sandbox, score, stats, tripwire
 from loopengine import measure as measure_mod
 from loopengine.errors import LoopError
 from loopengine.process import StepResult, log_tail, run_step, step_env
@@ -83,6 +83,7 @@ class EvalRequest:
     frozen: dict[str, str]
     plan: measure_mod.Plan
     seconds_left: float  # what is left of budget.max_seconds when it is sent
+    noise: stats.Pool = field(default_factory=stats.Pool)  # earlier runs, this fingerprint
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ def evaluate(req: EvalRequest, sb: sandbox.Sandbox, steps: Steps, *,
     deadline = time.monotonic() + req.seconds_left
     steps.deadline = min(steps.deadline, deadline)
     m = measured if measured is not None else measure_mod.Measurement(
-        baseline=list(req.plan.stored))
+        baseline=list(req.plan.stored), noise=req.noise)
     # With repeats, the step logs say which measurement each part belongs to.
     marked = task.policy.repeats > 1
     evaluator = measure_mod.Evaluator(

@@ -127,11 +127,12 @@ def choose_baseline(run: Ledger) -> None:
     """The stored baseline only if this very evaluation measured it; else measure again."""
     assert run.task is not None and run.sb is not None
     run.fingerprint = fingerprint.compute(run.task, run.sb.ctx, run.sb.start_tree)
-    run.plan = measure_mod.plan(run.task, run.baseline, run.fingerprint)
+    missing = measure_mod.missing_artifacts(run.task, run.start_state)
+    run.plan = measure_mod.plan(run.task, run.baseline, run.fingerprint, missing)
     if run.plan.source != "stored":
         run.baseline = None  # never compared: it is measured again, or there is none
     if run.plan.why:
-        run.report.info(f"the baseline is measured again: {run.plan.why}")
+        run.report.info(run.plan.why)
 
 
 # -- the candidate ----------------------------------------------------------------
