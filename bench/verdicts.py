@@ -1,23 +1,28 @@
-"""How often each policy keeps what is not an improvement, and what it costs.
+"""How often each policy keeps what is not an improvement, what it misses, and what it costs.
 
-    uv run python bench/verdicts.py                      # 300 candidates a policy
-    uv run python bench/verdicts.py --candidates 60      # a quick look
+    uv run python bench/verdicts.py                          # 4 seeds x 300 candidates, both mixes
+    uv run python bench/verdicts.py --candidates 60 --seeds 1   # a quick look
     uv run python bench/verdicts.py --json > verdicts.json
 
 A simulated optimization: the artifact holds a true value; each candidate changes it by a
-true effect drawn once, the same for every policy -- mostly neutral (60%: 0), often
-harmful (30%: -1 to -2 effect sizes), seldom an improvement (10%: +1 effect size).  The
-scorer reports the true value plus Gaussian noise (by default as large as the effect
-size), seeded per call so a run is reproducible.  Each policy drives the real ``loopengine
-run`` over the same candidates in its own repository, and the bench reports
+true effect drawn once, the same for every policy.  Two mixes of effects:
 
-    false keeps      kept candidates that were no improvement (true effect <= 0), as a
-                     share of those candidates: what ``policy.confidence`` bounds
-    false share      the same keeps as a share of all keeps: what a reader of the history
-                     sees
+    readme     60% neutral (0), 30% harmful (-1 to -2 effect sizes), 10% +1 effect size
+    fifteen    60% neutral, 25% harmful (-1), 15% +1 effect size
+
+The scorer reports the true value plus Gaussian noise (by default as large as the effect
+size), seeded per call so a run is reproducible.  Each policy drives the real
+``loopengine run`` over the same candidates in its own repository, once per seed, and
+the bench reports the mean over the seeds and the spread (lowest to highest) of
+
+    false keeps      kept neutral candidates (true effect 0), as a share of them: what
+                     ``policy.confidence`` bounds
+    worse kept       kept candidates that were no improvement (true effect <= 0), as a
+                     share of them
     missed           improvements that were discarded, as a share of the improvements
     final true       the artifact's true value at the end (it starts at 0)
-    evaluations      runner+scorer runs, in total and against the naive policy
+    runs             runner+scorer runs, counted with the records' ``runs`` (the first
+                     baseline's included), per candidate and against the naive policy
 
 The naive policy is the default: ``repeats: 1`` and the stored baseline.
 """
@@ -44,12 +49,17 @@ POLICIES: dict[str, dict[str, Any]] = {
     "naive": {"repeats": 1},
     # calibrate's one-run advice for noise 1: z(0.95) * sqrt(2) * 1
     "threshold": {"repeats": 1, "min_improvement": 2.33},
-    "repeats2": {"repeats": 2},
     "repeats3": {"repeats": 3},
-    "repeats4": {"repeats": 4},
-    "remeasure2": {"repeats": 2, "remeasure_baseline": True},
+    # calibrate's advice for an effect of one noise standard deviation
+    "sequential": {"repeats": 12},
+    "remeasure4": {"repeats": 4, "remeasure_baseline": True},
 }
-DEFAULT = ("naive", "threshold", "repeats2", "repeats3", "remeasure2")
+DEFAULT = ("naive", "sequential")
+MIXES = ("readme", "fifteen")
+TARGETS = {  # mix -> (missed at most, runs against naive at most); false keeps <= 5%
+    "fifteen": (0.50, 4.0),
+    "readme": (0.50, 3.5),
+}
 TASK = """\
 id: sim
 description: simulated noisy evaluation
@@ -83,36 +93,43 @@ def score(argv: list[str]) -> None:
 
 
 # ---------------------------------------------------------------------------
-# One policy over all candidates
+# One policy over all candidates of one seed
 
 
-def effects(n: int, size: float, seed: int) -> list[float]:
-    rng = random.Random(seed)
+def effects(n: int, size: float, seed: int, mix: str) -> list[float]:
+    rng = random.Random(f"{mix}-{seed}")
     out = []
     for _ in range(n):
         u = rng.random()
-        out.append(0.0 if u < 0.6 else -rng.uniform(1.0, 2.0) * size if u < 0.9 else size)
+        if mix == "readme":
+            out.append(0.0 if u < 0.6 else -rng.uniform(1.0, 2.0) * size if u < 0.9 else size)
+        else:
+            out.append(size if u < 0.15 else 0.0 if u < 0.75 else -size)
     return out
 
 
 @dataclass
 class Outcome:
     policy: str
+    mix: str
+    seed: int
     settings: dict[str, Any]
     candidates: int = 0
     improving: int = 0
-    false_keeps: int = 0
+    neutral: int = 0
+    neutral_kept: int = 0
+    worse_kept: int = 0
     keeps: int = 0
     missed: int = 0
     crashes: int = 0
     true_value: float = 0.0
-    evaluations: int = 0
-    setup_evaluations: int = 0
+    runs: int = 0  # the records' runs, the setup iteration's included
+    evaluations: int = 0  # the scorer's own count: must equal runs
     seconds: float = 0.0
     reasons: dict[str, int] = field(default_factory=dict)
 
     @property
-    def neutral_or_worse(self) -> int:
+    def not_improving(self) -> int:
         return self.candidates - self.improving
 
 
@@ -121,13 +138,14 @@ def git(repo: Path, *args: str) -> None:
                    cwd=repo, check=True, capture_output=True)
 
 
-def run_policy(name: str, planned: list[float], noise: float, seed: int,
+def run_policy(name: str, mix: str, seed: int, planned: list[float], noise: float,
                workdir: Path) -> Outcome:
     settings = POLICIES[name]
-    out = Outcome(name, settings)
-    repo, state = workdir / name / "repo", workdir / name / "state"
+    out = Outcome(name, mix, seed, settings)
+    home = workdir / f"{name}-{mix}-{seed}"
+    repo, state = home / "repo", home / "state"
     state.mkdir(parents=True)
-    proposal = workdir / name / "proposal.txt"
+    proposal = home / "proposal.txt"
     task = repo / "tasks" / "sim"
     task.mkdir(parents=True)
     (repo / ".gitignore").write_text("/work/\n")
@@ -142,24 +160,26 @@ def run_policy(name: str, planned: list[float], noise: float, seed: int,
     t0 = time.monotonic()
     true = 0.0
     proposal.write_text("true: 0\nid: start\n")  # no change: measures the first baseline
-    iterate(repo)
-    out.setup_evaluations = int((state / "evaluations").read_text())
+    out.runs += iterate(repo)["runs"]
     for i, effect in enumerate(planned):
         proposal.write_text(f"true: {true + effect!r}\nid: {i}\n")
         record = iterate(repo)
+        out.runs += record["runs"]
         status = record["status"]
         out.candidates += 1
         out.improving += effect > 0
+        out.neutral += effect == 0
         if status == "crash":
             out.crashes += 1
         if status == "keep":
             true += effect
             out.keeps += 1
-            out.false_keeps += effect <= 0
+            out.worse_kept += effect <= 0
+            out.neutral_kept += effect == 0
         elif effect > 0:
             out.missed += 1
         kind = record["reason"].split(":")[0] if status == "discard" else status
-        kind = "inconclusive" if kind == "inconclusive" else status
+        kind = kind if kind in ("inconclusive", "not promising") else status
         out.reasons[kind] = out.reasons.get(kind, 0) + 1
     out.true_value = true
     out.evaluations = int((state / "evaluations").read_text())
@@ -173,43 +193,69 @@ def iterate(repo: Path) -> dict[str, Any]:
                           env={k: v for k, v in os.environ.items() if not k.startswith("GIT_")})
     if not proc.stdout.strip():
         raise SystemExit(f"loopengine run printed no record:\n{proc.stderr}")
-    return json.loads(proc.stdout)
+    record: dict[str, Any] = json.loads(proc.stdout)
+    return record
 
 
 # ---------------------------------------------------------------------------
-# Report
+# Report: the mean over the seeds and the spread
 
 
-def percent(part: int, whole: int) -> str:
-    return f"{part}/{whole} = {100.0 * part / whole:.1f}%" if whole else f"{part}/0"
+def share(part: int, whole: int) -> float:
+    return part / whole if whole else 0.0
+
+
+def spread(values: list[float], fmt: str) -> str:
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return format(mean, fmt)
+    return f"{format(mean, fmt)} ({format(min(values), fmt)}-{format(max(values), fmt)})"
 
 
 def report(outcomes: list[Outcome], args: argparse.Namespace) -> str:
-    naive = next((o for o in outcomes if o.policy == "naive"), None)
-    lines = [
-        f"{args.candidates} candidates a policy (60% neutral, 30% harmful, 10% +{args.effect:g}),"
-        f" noise sd {args.noise:g}, seed {args.seed}; evaluations include the first "
-        "baseline's",
-        "",
-        f"{'policy':<11} {'settings':<44} {'false keeps':>17} {'false share':>15} "
-        f"{'missed':>14} {'final true':>10} {'evaluations':>21} {'time':>7}",
-    ]
-    for o in outcomes:
-        ratio = f" {o.evaluations / naive.evaluations:.2f}x" if naive else ""
-        per = o.evaluations / max(o.candidates, 1)
-        lines.append(
-            f"{o.policy:<11} {json.dumps(o.settings):<44} "
-            f"{percent(o.false_keeps, o.neutral_or_worse):>17} "
-            f"{percent(o.false_keeps, o.keeps):>15} {percent(o.missed, o.improving):>14} "
-            f"{o.true_value:>10.2f} {o.evaluations:>6} ({per:.2f}/c){ratio:>6} "
-            f"{o.seconds:>6.0f}s")
-    if naive:
-        met = [o.policy for o in outcomes
-               if o.false_keeps <= 0.05 * o.neutral_or_worse
-               and o.evaluations <= 4 * naive.evaluations]
-        lines += ["", "target (false keeps <= 5% at <= 4x the naive evaluations): "
-                  + (", ".join(met) if met else "met by none")]
-    crashed = [f"{o.policy}: {o.crashes}" for o in outcomes if o.crashes]
+    seeds = sorted({o.seed for o in outcomes})
+    lines = [f"{args.candidates} candidates a seed, seeds {', '.join(map(str, seeds))}; noise "
+             f"sd {args.noise:g}, effect size {args.effect:g}; mean over the seeds "
+             "(lowest-highest)"]
+    verdicts: list[str] = []
+    for mix in [m for m in MIXES if any(o.mix == m for o in outcomes)]:
+        rows = [o for o in outcomes if o.mix == mix]
+        naive = {o.seed: o.runs for o in rows if o.policy == "naive"}
+        lines += ["", f"mix {mix}:",
+                  f"{'policy':<11} {'settings':<42} {'false keeps':>18} {'worse kept':>18} "
+                  f"{'missed':>20} {'final true':>18} {'runs/cand.':>10} {'x naive':>18}"]
+        for name in dict.fromkeys(o.policy for o in rows):
+            mine = [o for o in rows if o.policy == name]
+            fk = [100 * share(o.neutral_kept, o.neutral) for o in mine]
+            wk = [100 * share(o.worse_kept, o.not_improving) for o in mine]
+            missed = [100 * share(o.missed, o.improving) for o in mine]
+            true = [o.true_value for o in mine]
+            per = sum(o.runs for o in mine) / max(sum(o.candidates for o in mine), 1)
+            ratio = [o.runs / naive[o.seed] for o in mine if o.seed in naive]
+            lines.append(
+                f"{name:<11} {json.dumps(POLICIES[name]):<42} {spread(fk, '.1f') + '%':>18} "
+                f"{spread(wk, '.1f') + '%':>18} {spread(missed, '.1f') + '%':>20} "
+                f"{spread(true, '.1f'):>18} {per:>10.2f} "
+                f"{spread(ratio, '.2f') + 'x' if ratio else '-':>18}")
+            total_fk = share(sum(o.neutral_kept for o in mine), sum(o.neutral for o in mine))
+            total_missed = share(sum(o.missed for o in mine), sum(o.improving for o in mine))
+            total_ratio = (sum(o.runs for o in mine if o.seed in naive)
+                           / max(sum(naive[o.seed] for o in mine if o.seed in naive), 1))
+            if name != "naive" and mix in TARGETS and naive:
+                most_missed, most_runs = TARGETS[mix]
+                ok = (total_fk <= 0.05 and total_missed <= most_missed
+                      and total_ratio <= most_runs)
+                verdicts.append(
+                    f"{mix}/{name}: false keeps {total_fk:.1%} (<= 5%), missed "
+                    f"{total_missed:.1%} (<= {most_missed:.0%}) at {total_ratio:.2f}x naive "
+                    f"(<= {most_runs:g}x), pooled over the seeds: "
+                    f"{'met' if ok else 'NOT met'}")
+    if verdicts:
+        lines += ["", "targets:"] + [f"  {v}" for v in verdicts]
+    mismatched = [f"{o.policy}/{o.mix}/{o.seed}" for o in outcomes if o.runs != o.evaluations]
+    if mismatched:
+        lines.append("records' runs differ from the scorer's count: " + ", ".join(mismatched))
+    crashed = [f"{o.policy}/{o.mix}/{o.seed}: {o.crashes}" for o in outcomes if o.crashes]
     if crashed:
         lines.append("crashes: " + ", ".join(crashed))
     return "\n".join(lines)
@@ -219,29 +265,33 @@ def main(argv: list[str]) -> None:
     if argv[:1] == ["score"]:
         score(argv[1:])
         return
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--candidates", type=int, default=300)
     parser.add_argument("--noise", type=float, default=1.0, help="the scorer's noise sd")
     parser.add_argument("--effect", type=float, default=1.0, help="the typical effect size")
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seeds", default="1,2,3,4", help="comma-separated")
+    parser.add_argument("--mixes", default=",".join(MIXES), help="readme, fifteen")
     parser.add_argument("--policies", default=",".join(DEFAULT),
                         help=f"comma-separated, from {', '.join(POLICIES)}")
-    parser.add_argument("--jobs", type=int, default=2, help="policies run at once")
-    parser.add_argument("--json", action="store_true", help="one JSON object per policy")
+    parser.add_argument("--jobs", type=int, default=2, help="policy runs at once")
+    parser.add_argument("--json", action="store_true", help="one JSON object per policy run")
     args = parser.parse_args(argv)
     names = [n for n in args.policies.split(",") if n]
-    unknown = [n for n in names if n not in POLICIES]
+    mixes = [m for m in args.mixes.split(",") if m]
+    seeds = [int(x) for x in args.seeds.split(",") if x]
+    unknown = [n for n in names if n not in POLICIES] + [m for m in mixes if m not in MIXES]
     if unknown:
-        parser.error(f"unknown policies: {', '.join(unknown)}")
-    planned = effects(args.candidates, args.effect, args.seed)
+        parser.error(f"unknown policies or mixes: {', '.join(unknown)}")
     with (tempfile.TemporaryDirectory(prefix="loopengine-verdicts-") as tmp,
           concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool):
-        futures = [pool.submit(run_policy, n, planned, args.noise, args.seed, Path(tmp))
-                   for n in names]
+        futures = [pool.submit(run_policy, n, mix, seed,
+                               effects(args.candidates, args.effect, seed, mix),
+                               args.noise, Path(tmp))
+                   for seed in seeds for mix in mixes for n in names]
         outcomes = [f.result() for f in futures]
     if args.json:
         for o in outcomes:
-            print(json.dumps({**o.__dict__, "neutral_or_worse": o.neutral_or_worse}))
+            print(json.dumps({**o.__dict__, "not_improving": o.not_improving}))
     else:
         print(report(outcomes, args))
 

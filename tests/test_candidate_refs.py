@@ -28,7 +28,7 @@ def test_a_keep_is_saved_as_a_ref_with_trailers_and_status(repo: Repo, guarded: 
     assert trailer(repo, rec["ref"], "Loopengine-Run") == rec["run_id"]
     assert trailer(repo, rec["ref"], "Loopengine-Task") == "demo"
     assert trailer(repo, rec["ref"], "Loopengine-Score") == "2.0"
-    assert trailer(repo, rec["ref"], "Loopengine-Baseline") == "none"
+    assert trailer(repo, rec["ref"], "Loopengine-Baseline") == "1.0"  # measured first
     # The keep commit on the branch holds the same tree.
     assert repo.git("rev-parse", f"{rec['ref']}^{{tree}}") == \
         repo.git("rev-parse", "HEAD^{tree}")
@@ -37,16 +37,16 @@ def test_a_keep_is_saved_as_a_ref_with_trailers_and_status(repo: Repo, guarded: 
 def test_a_discard_is_saved_and_can_be_cherry_picked(repo: Repo, guarded: Any) -> None:
     repo.write_task(default_task(policy__min_improvement=5.0))
     repo.commit("strict")
-    guarded()  # the first run measures the baseline (a keep when nothing is stored)
+    # The first run measures the baseline (1) before the candidate (2): not 5 better.
     rec = guarded().record
-    assert rec["status"] == "discard"
+    assert rec["status"] == "discard" and rec["baseline_score"] == 1.0
     assert trailer(repo, rec["ref"], "Loopengine-Status") == "discard"
     assert repo.git("log", "-1", "--format=%s", rec["ref"]).startswith("loopengine(demo): discard")
     patch = repo.git("diff", f"{rec['ref']}^", rec["ref"])
     assert "+more" in patch
     # A reviewer takes it anyway, with plain git.
     repo.git("-c", "user.name=T", "-c", "user.email=t@e", "cherry-pick", rec["ref"])
-    assert repo.read(NOTES).endswith("more\nmore\n")
+    assert repo.read(NOTES) == "first\nmore\n"
 
 
 def test_a_crash_in_evaluation_has_a_ref_a_crash_of_the_mutator_has_none(repo: Repo,

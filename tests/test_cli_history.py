@@ -33,7 +33,7 @@ def test_history_is_a_table_of_keeps_newest_first(repo: Repo, climbed: list[dict
     assert result.exit_code == 0, result.output
     assert result.stdout == table(COLUMNS, [
         [second["commit"][:12], commit_date(repo, second["commit"]), "demo", "3.0", "2.0", "+1"],
-        [first["commit"][:12], commit_date(repo, first["commit"]), "demo", "2.0", "none", "-"],
+        [first["commit"][:12], commit_date(repo, first["commit"]), "demo", "2.0", "1.0", "+1"],
     ])
     assert result.stderr == ""
 
@@ -46,7 +46,7 @@ def test_history_json_is_one_object_per_line(repo: Repo, climbed: list[dict]) ->
         {"commit": second["commit"], "date": commit_date(repo, second["commit"]),
          "task": "demo", "run": second["run_id"], "score": 3.0, "baseline": 2.0, "delta": 1.0},
         {"commit": first["commit"], "date": commit_date(repo, first["commit"]),
-         "task": "demo", "run": first["run_id"], "score": 2.0, "baseline": None, "delta": None},
+         "task": "demo", "run": first["run_id"], "score": 2.0, "baseline": 1.0, "delta": 1.0},
     ]
 
 

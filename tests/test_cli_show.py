@@ -82,8 +82,10 @@ def byte_hostile_task(repo: Repo) -> None:
                "import sys\n"
                "with open(sys.argv[1], 'ab') as fh:\n"
                "    fh.write(b'caf\\xe9 \\r\\ntab\\there  \\nlast line without newline')\n")
+    # The score is the file's size, so the candidate beats its measured baseline.
+    size = "import os, json; print(json.dumps({'score': os.path.getsize('notes.md')}))"
     repo.write_task(default_task(mutator__command=f"{PY} ../../tools/hostile.py notes.md",
-                                 scorer__command="""echo '{"score": 2}'"""))
+                                 scorer__command=f'{PY} -c "{size}"'))
     repo.commit("hostile mutator")
 
 
