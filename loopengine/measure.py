@@ -13,7 +13,9 @@ file of the sandbox's start tree outside the artifacts.  New, untracked outputs 
 from __future__ import annotations
 
 import math
+import os
 import shutil
+import stat
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -177,6 +179,9 @@ class Evaluator:
         self.task, self.sb, self.run, self.parse = task, sb, run, parse
         self.files = {CANDIDATE: list(changes), BASELINE: [_reverse(f) for f in changes]}
         self.current = current  # whose artifacts are in the tree now
+        # The candidate's exact bytes, to lay back after a baseline run: written from its
+        # blobs, a filter that does not round-trip (ident, a smudge) would change them.
+        self.saved = _save(sb.tree, changes) if current == CANDIDATE else {}
         self.integrity = Integrity(task, sb)
         self.log_dir, self.phase = log_dir, phase
         self.count = 0
@@ -184,7 +189,11 @@ class Evaluator:
 
     def lay(self, side: str) -> None:
         if side != self.current:
-            sync.write_files(self.sb.tree, self.sb.ctx, self.files[side])
+            exact = self.saved if side == CANDIDATE else {}
+            sync.write_files(self.sb.tree, self.sb.ctx,
+                             [f for f in self.files[side] if f.path not in exact])
+            for path, (data, perm) in exact.items():
+                _write_exact(self.sb.tree / path, data, perm)
             self.current = side
 
     def __call__(self, side: str) -> Sample:
@@ -210,6 +219,25 @@ class Evaluator:
             for name in ("runner", "scorer"):
                 with open(self.log_dir / f"{name}.log", "a", encoding="utf-8") as log:
                     log.write(f"--- loopengine: {text} ---\n")
+
+
+def _save(tree: Path, changes: Sequence[FileChange]) -> dict[str, tuple[bytes, int]]:
+    """The bytes and permission bits of each changed regular file as it is now."""
+    saved = {}
+    for f in changes:
+        path = tree / f.path
+        if f.status == "D" or path.is_symlink() or not path.is_file():
+            continue
+        saved[f.path] = (path.read_bytes(), stat.S_IMODE(path.stat().st_mode))
+    return saved
+
+
+def _write_exact(target: Path, data: bytes, perm: int) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.loopengine-lay")
+    tmp.write_bytes(data)
+    os.chmod(tmp, perm)
+    os.replace(tmp, target)
 
 
 def _reverse(f: FileChange) -> FileChange:
@@ -268,8 +296,11 @@ def _measure_alone(task: Task, evaluate: Measures, how: Plan, m: Measurement,
     policy = task.policy
     settled = how.source == "stored" and not has_change
     refused = how.source == "none" and has_change and not policy.keep_when_no_baseline
-    # What is measured here becomes the baseline: it gets every run the policy allows.
+    # What is measured here becomes the baseline: the runs a first candidate run needs
+    # (the next candidates grow it), or every run the policy allows without a baseline.
     runs = 1 if settled or refused else policy.repeats
+    if how.source == "remeasured":
+        runs = baseline_target(task, 1)
     for i in range(runs):
         # Repeats fill the budget, never overrun it: what was measured in time counts.
         if i and time_left() < BUDGET_MARGIN * evaluate.longest:

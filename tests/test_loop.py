@@ -38,7 +38,8 @@ def test_iterations_and_the_summary_line(repo: Repo) -> None:
     assert list(summary) == KEYS
     assert summary["iterations"] == 3 and summary["keeps"] == 3
     assert summary["stop_reason"] == "iterations"
-    assert summary["start_score"] is None  # nothing stored before the loop
+    # Nothing stored before the loop: the first run measured the baseline (1 line).
+    assert summary["start_score"] == 1.0
     assert summary["best_score"] == 4.0
     records = repo.results()
     assert [r["run_id"] for r in records] == summary["run_ids"]

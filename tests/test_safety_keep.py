@@ -199,7 +199,8 @@ def test_a_clean_smudge_filter_keeps_the_bytes_that_were_scored(
     repo.commit("runner shows what it saw")
     rec = checked(repo, repo.run())
     assert rec["status"] == "keep", rec
-    assert seen.read_text() == "first\nmore\n"  # the runner saw the smudged text
+    # The runner saw the smudged text: the baseline's (measured first), then the candidate's.
+    assert seen.read_text() == "first\n" + "first\nmore\n"
     assert repo.read(NOTES) == "first\nmore\n"  # and that is what the user has
     assert repo.git("cat-file", "-p", f"HEAD:{NOTES}") == "svefg\nzber\n"  # git has it clean
     agree(repo, rec)

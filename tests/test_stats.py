@@ -166,8 +166,8 @@ def look(cand: list[float], base: list[float], *, final: bool = False, repeats: 
 
 def test_boundaries_are_walds() -> None:
     keep, discard = boundaries(0.95)
-    assert keep == pytest.approx(math.log(0.5 / 0.05))
-    assert discard == pytest.approx(math.log(0.5 / 0.95))
+    assert keep == pytest.approx(math.log(0.45 / 0.05))
+    assert discard == pytest.approx(math.log(0.55 / 0.95))
 
 
 def test_repeats_one_is_the_plain_comparison() -> None:
@@ -371,7 +371,8 @@ def test_measure_alone(make_task: Any) -> None:
     task = make_task(repeats=3)
     assert run(task, Fake([], [1.0] * 3), Plan("none")).candidate == [1.0] * 3
     assert run(task, Fake([], [1.0]), Plan("stored", (1.0,)), has_change=False).candidate == [1.0]
-    same = run(task, Fake([], [1.0] * 3), Plan("remeasured"), has_change=False)
+    # Unchanged and nothing stored: the baseline, measured as a first candidate run needs.
+    same = run(make_task(repeats=5), Fake([], [1.0] * 3), Plan("remeasured"), has_change=False)
     assert same.baseline == [1.0] * 3 and same.fresh == 3 and same.order == ["C"] * 3
     refused = make_task(repeats=3, keep_when_no_baseline=False)
     assert run(refused, Fake([], [1.0]), Plan("none")).candidate == [1.0]

@@ -107,9 +107,10 @@ def test_defaults_measure_once_and_records_carry_the_section_8_fields(loop: Loop
 
 def test_a_deterministic_scorer_stops_after_the_minimum_runs(loop: Loop) -> None:
     loop.setup(policy__repeats=5)
-    first = loop.propose("score: 1\n")  # no change, nothing stored: the baseline, 5 runs
-    assert first["status"] == "discard" and first["candidate_scores"] == [1.0] * 5
-    assert loop.stored()["scores"] == [1.0] * 5
+    # No change, nothing stored: the baseline, with the 3 runs a first candidate run needs.
+    first = loop.propose("score: 1\n")
+    assert first["status"] == "discard" and first["candidate_scores"] == [1.0] * 3
+    assert loop.stored()["scores"] == [1.0] * 3
     better = loop.propose("score: 2\n")
     # One run could only discard; a keep needs the candidate's second run.  Before it,
     # the baseline grows to 3 runs per candidate run (capped at 1.5 x repeats = 7).
@@ -117,8 +118,8 @@ def test_a_deterministic_scorer_stops_after_the_minimum_runs(loop: Loop) -> None
     assert better["candidate_scores"] == [2.0, 2.0]
     assert better["baseline_scores"] == [1.0] * 6 and better["baseline_source"] == "stored"
     assert better["improvement"] == 1.0 and better["interval"] == [1.0, 1.0]
-    assert better["runs"] == 3
-    assert loop.seen() == ["1"] * 5 + ["2", "1", "2"]
+    assert better["runs"] == 5
+    assert loop.seen() == ["1"] * 3 + ["2", "1", "1", "1", "2"]
     # The keep's own scores never become the baseline's measurements (winner's curse):
     # the next iteration measures the baseline afresh, before its candidate.
     assert loop.stored()["score"] == 2.0 and loop.stored()["scores"] == []
@@ -159,7 +160,7 @@ def test_a_clearly_worse_candidate_costs_one_run(loop: Loop) -> None:
     bad = loop.propose("score: 8\n")
     assert bad["status"] == "discard" and len(bad["candidate_scores"]) == 1
     assert bad["reason"].startswith("not promising: ")
-    assert loop.seen() == ["8"]  # the stored baseline already has its 6 runs
+    assert loop.seen() == ["8"]  # the stored baseline already has the 3 runs it needs
 
 
 def test_constraints_under_repeats_are_judged_on_the_mean(loop: Loop) -> None:
@@ -193,8 +194,8 @@ def test_remeasure_baseline_interleaves(loop: Loop, repo: Repo) -> None:
     loop.setup(policy__repeats=3, policy__remeasure_baseline=True)
     first = loop.propose("score: 1\n")  # no change, nothing stored: measures the baseline
     assert first["status"] == "discard" and first["reason"] == "candidate has no change"
-    assert first["baseline_source"] == "remeasured" and first["baseline_scores"] == [1.0] * 3
-    assert loop.seen() == ["1", "1", "1"]
+    assert first["baseline_source"] == "remeasured" and first["baseline_scores"] == [1.0]
+    assert loop.seen() == ["1"]
     better = loop.propose("score: 2\n")
     assert better["status"] == "keep" and better["baseline_source"] == "remeasured"
     assert loop.seen() == ["1", "2", "1", "2"]  # B C B C, then the verdict is clear
