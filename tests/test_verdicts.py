@@ -362,7 +362,7 @@ def test_calibrate_prints_the_spread_and_the_policies(loop: Loop, repo: Repo,
         "to keep false keeps under 5% (confidence 0.95) for an effect of 1.58114 "
         "(--effect; default: one standard deviation):",
         "  repeats: 12, effect: null -- the sequential test keeps the effect 66% of the "
-        "time; a candidate that is no improvement costs about 2.9 of its own runs",
+        "time; a candidate that is no improvement costs about 2.6 of its own runs",
         "  repeats: 1, min_improvement: 4.76695 -- one run a side, no test; keeps the "
         "effect 11% of the time",
         "the task now has repeats: 1, effect: null, min_improvement: 0, confidence: 0.95",
