@@ -30,7 +30,8 @@ HARDENED_CONFIG = (
     "core.fsmonitor=false",
     "core.untrackedCache=false",
     "core.quotePath=false",
-    "core.autocrlf=false",
+    # core.autocrlf is the user's: the sandbox is checked out, and the keep written, with
+    # the line endings of the user's checkout.  (The engine reads trees, not files.)
     "core.safecrlf=false",
     "core.fileMode=true",
     "core.trustctime=true",  # a step can reset mtime, not ctime
@@ -285,6 +286,8 @@ def repo_info(root: Path) -> RepoInfo:
         check=False,
     )
     lines = proc.stdout.decode("utf-8", "surrogateescape").splitlines()
+    if proc.returncode != 0:
+        refused(proc.stderr)
     if proc.returncode != 0 or len(lines) < 3 or Path(lines[0]).resolve() != root.resolve():
         return RepoInfo(root, None, None, None, None)
     git_dir = Path(lines[1])
@@ -296,6 +299,28 @@ def repo_info(root: Path) -> RepoInfo:
     ref_proc = run(Context(root), "symbolic-ref", "-q", "HEAD", check=False)
     branch = ref_proc.stdout.decode().strip() if ref_proc.returncode == 0 else None
     return RepoInfo(root, git_dir, common, head, branch)
+
+
+class UnsafeRepository(GitError):
+    """Git refuses the repository (``safe.directory``): say what git says, and the fix."""
+
+    crash_kind = "sandbox"
+
+
+def refused(stderr: bytes) -> None:
+    """Raise :class:`UnsafeRepository` when git's complaint is that it will not use the
+    repository at all (dubious ownership), instead of taking it for no repository."""
+    text = stderr.decode("utf-8", "replace")
+    if "dubious ownership" not in text and "safe.directory" not in text:
+        return
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    why = lines[0].removeprefix("fatal: ") if lines else "git refuses the repository"
+    fix = next((line for line in lines if line.startswith("git config")), None)
+    raise UnsafeRepository(
+        f"git refuses to use this repository: {why} (it belongs to another user than the "
+        "one running loopengine)"
+        + (f"; if you trust it, run: {fix}" if fix else "; see `git help config`, "
+           "safe.directory"))
 
 
 def operation_in_progress(git_dir: Path) -> str | None:
@@ -360,17 +385,29 @@ _CONVERSIONS = ("filter", "eol", "text", "ident", "working-tree-encoding", "crlf
 
 def attributes(ctx: Context, path: str) -> dict[str, str]:
     """The attributes of ``path`` that change bytes between the index and the tree."""
-    proc = run(ctx, "check-attr", "-z", *_CONVERSIONS, "--", path, check=False)
+    return attributes_of(ctx, [path]).get(path, {})
+
+
+def attributes_of(ctx: Context, paths: Sequence[str]) -> dict[str, dict[str, str]]:
+    """:func:`attributes` of many paths, in two git calls; paths with none are left out."""
+    if not paths:
+        return {}
+    data = "\0".join(paths).encode("utf-8", "surrogateescape") + b"\0"
+    proc = run(ctx, "check-attr", "-z", "--stdin", *_CONVERSIONS, input=data, check=False)
     parts = proc.stdout.split(b"\0")
-    found = {}
+    found: dict[str, dict[str, str]] = {}
     for i in range(0, len(parts) - 2, 3):
+        path = parts[i].decode("utf-8", "surrogateescape")
         name = parts[i + 1].decode("utf-8", "replace")
         value = parts[i + 2].decode("utf-8", "replace")
         if value != "unspecified":
-            found[name] = value
+            found.setdefault(path, {})[name] = value
     auto = run(ctx, "config", "--get", "core.autocrlf", check=False).stdout.strip()
-    if auto and auto != b"false" and "text" not in found:
-        found["core.autocrlf"] = auto.decode("utf-8", "replace")
+    if auto and auto != b"false":
+        for path in paths:
+            attrs = found.setdefault(path, {})
+            if attrs.get("text") not in ("unset", "false"):
+                attrs.setdefault("core.autocrlf", auto.decode("utf-8", "replace"))
     return found
 
 

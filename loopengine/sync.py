@@ -519,6 +519,25 @@ def write_files(root: Path, source: git.Context, changes: Sequence[FileChange]) 
             raise
 
 
+def as_checked_out(tree: Path, ctx: git.Context, changes: Sequence[FileChange]) -> None:
+    """Rewrite each changed file as git would check its blob out (a mutator writes LF where
+    ``core.autocrlf`` checks out CRLF; a filter's or ``ident``'s working-tree form): the
+    bytes the runner and scorer see are then the bytes the keep writes for the user."""
+    files = [f for f in changes if f.status != "D" and f.new_mode in ("100644", "100755")
+             and not (tree / f.path).is_symlink()]
+    converting = git.attributes_of(ctx, [f.path for f in files]) if files else {}
+    todo = []
+    for f in files:
+        try:
+            same = git.blob_id(tree / f.path, len(f.new_sha)) == f.new_sha
+        except OSError:
+            continue
+        if not same or f.path in converting:
+            todo.append(f)
+    if todo:
+        write_files(tree, ctx, todo)
+
+
 def update_user_index(repo: git.RepoInfo, changes: Sequence[FileChange]) -> None:
     """Point the user's index entries for the artifacts at the committed blobs, only."""
     git.run(repo.ctx, "update-index", "-z", "--index-info", input=_index_info(changes))

@@ -223,8 +223,11 @@ def test_an_ident_attribute_keeps_the_scored_bytes(repo: Repo, isolated_env: Pat
     assert scored.startswith("$Id: ")
     rec = checked(repo, repo.run())
     assert rec["status"] == "keep", rec
-    assert repo.read(NOTES) == scored + "more\n"
-    # git sees no change: the kept bytes clean to the committed blob.
+    # The candidate is scored as the user's checkout shows it ($Id$ of its own blob), and
+    # that is what the keep writes.
+    kept = repo.read(NOTES)
+    assert kept.endswith("\nmore\n") and kept != scored + "more\n"
+    assert kept == repo.git("cat-file", "--filters", f"HEAD:{NOTES}")
     assert repo.git("status", "--porcelain", "--untracked-files=no") == ""
 
 
@@ -300,3 +303,45 @@ def test_only_the_kept_blob_reaches_the_users_object_store(repo: Repo) -> None:
     assert has_object(repo, b"first\nmore\n")
     assert not has_object(repo, b"untracked, changed on every run\n")
     assert repo.git("fsck", "--no-progress", "--no-dangling") == ""
+
+
+# -- point 19: repositories git refuses, core.autocrlf ---------------------------------------
+
+
+def test_a_repository_git_refuses_is_a_crash_saying_what_git_says_and_the_fix(
+        repo: Repo, isolated_env: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give the repository to another user")
+    subprocess.run(["chown", "-R", "65534:65534", str(repo.path)], check=True)
+    try:
+        result = repo.run()
+    finally:
+        subprocess.run(["chown", "-R", f"{os.getuid()}:{os.getgid()}", str(repo.path)],
+                       check=True)
+    rec = result.record
+    assert rec["status"] == "crash" and rec["crash_kind"] == "sandbox", rec
+    assert "dubious ownership" in rec["reason"]
+    assert f"git config --global --add safe.directory {repo.path}" in rec["reason"]
+    assert "Traceback" not in result.stderr
+    assert repo.read(NOTES) == "first\n"
+    assert os.listdir(isolated_env) == []
+
+
+def test_core_autocrlf_keeps_the_line_endings_of_the_users_checkout(
+        repo: Repo, isolated_env: Path, tmp_path: Path) -> None:
+    repo.git("config", "core.autocrlf", "true")
+    (repo.path / NOTES).unlink()
+    repo.git("checkout", "--", NOTES)
+    assert (repo.path / NOTES).read_bytes() == b"first\r\n"
+    seen = tmp_path / "seen"
+    repo.write_task(default_task(runner__command=f"cat notes.md > {seen}"))
+    repo.commit("a runner that shows what it saw")
+    rec = checked(repo, repo.run())
+    assert rec["status"] == "keep", rec
+    # The mutator appended "more\n"; the user's checkout writes CRLF, and so does the keep,
+    # and that is also what the runner saw.
+    assert (repo.path / NOTES).read_bytes() == b"first\r\nmore\r\n"
+    assert seen.read_bytes() == b"first\r\nmore\r\n"
+    assert repo.git("cat-file", "-p", f"HEAD:{NOTES}") == "first\nmore\n"
+    assert repo.git("status", "--porcelain") == ""
+    assert rec["changed_lines"] == 1

@@ -206,5 +206,8 @@ def validate(run: Ledger) -> str:
         if hint:
             reason = f"{reason}; {hint}"
         raise Verdict(decide_mod.Decision("discard", reason, violations=found))
+    # What is scored is what the keep writes: the candidate as git checks it out in the
+    # user's checkout (line endings under core.autocrlf, filters, ident).
+    sync.as_checked_out(run.sb.tree, run.sb.ctx, run.stats.files)
     run.frozen = sync.artifact_state(run.sb.tree, run.task)
     return cand_tree
