@@ -88,10 +88,14 @@ def keep_and_discard(repo: Repo, tmp_path: Path, case: str | None) -> list[dict[
         mutator__command=f"{PY} -c \"open('notes.md', 'ab').write(b'more\\r\\n')\""))
     repo.commit("a mutator that writes CRLF")
     records = [checked(repo, repo.run(env=env))]
-    kept = b"first\nmore\r\n"
+    # core.autocrlf is the user's (issue 9, point 19): the commit holds what `git add`
+    # makes of the file, and the file holds what the user's checkout makes of the commit.
+    blob, kept = {"core.autocrlf=true": (b"first\nmore\n", b"first\r\nmore\r\n"),
+                  "core.autocrlf=input": (b"first\nmore\n", b"first\nmore\n")}.get(
+        case or "", (b"first\nmore\r\n", b"first\nmore\r\n"))
     assert (repo.path / NOTES).read_bytes() == kept
     assert subprocess.run(["git", "cat-file", "blob", f"HEAD:{NOTES}"], cwd=repo.path,
-                          capture_output=True, check=True).stdout == kept
+                          capture_output=True, check=True).stdout == blob
     # The discard: a second file with a name core.quotePath would mangle, and a mode
     # change that core.fileMode=false would hide.
     repo.write_task(default_task(mutator__command=(
@@ -176,7 +180,7 @@ def test_the_wrapper_pins_what_the_issue_asks() -> None:
     flags = set(git.HARDENED_CONFIG)
     for item in ("core.hooksPath=/dev/null", "core.fsmonitor=false", "core.quotePath=false",
                  "color.ui=false", "diff.noprefix=false", "diff.external=", "core.pager=cat",
-                 "commit.gpgSign=false", "core.autocrlf=false", "diff.renames=false",
+                 "commit.gpgSign=false", "diff.renames=false",
                  "core.fileMode=true", "add.ignoreErrors=false"):
         assert item in flags
     env = git.clean_env({"GIT_DIR": "/x", "GIT_INDEX_FILE": "/y", "GIT_CONFIG_COUNT": "1",
