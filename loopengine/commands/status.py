@@ -305,14 +305,11 @@ class _Head:
         out: dict[str, bytes] = {}
         for entry in entries:
             out[entry.partition(b"\t")[2].decode("utf-8", "surrogateescape")] = entry
-        for rel, entry in dirty.items():
-            if rel in out:
-                if entry is None:
-                    del out[rel]
-                else:
-                    out[rel] = entry
-            elif entry is not None and fingerprint.covers(task, rel):
-                out[rel] = entry
+        for rel, found in dirty.items():
+            if found is None:
+                out.pop(rel, None)
+            elif rel in out or fingerprint.covers(task, rel):
+                out[rel] = found
         return [out[rel] for rel in sorted(out, key=lambda p: p.encode("utf-8",
                                                                         "surrogateescape"))]
 

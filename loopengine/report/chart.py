@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import io
 import re
+from typing import TYPE_CHECKING
 
 from loopengine.report.data import Campaign
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 KEEP = "#2ca02c"
 DISCARD = "#a6a6a6"
@@ -41,13 +45,13 @@ def svg(c: Campaign, width: float = 10.0, height: float = 4.2) -> str:
     return text
 
 
-def _figure(c: Campaign, width: float, height: float) -> object:
+def _figure(c: Campaign, width: float, height: float) -> Figure:
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
     ax = figure.add_subplot()
-    scored = [p for p in c.points if p.score is not None]
-    values = [p.score for p in scored if p.score is not None]
+    scored = [(p, p.score) for p in c.points if p.score is not None]
+    values = [score for _, score in scored]
     values += [v for p in c.points if p.interval for v in p.interval]
     if c.start_score is not None:
         values.append(c.start_score)
@@ -57,25 +61,24 @@ def _figure(c: Campaign, width: float, height: float) -> object:
 
     for status, colour, size, label in (("discard", DISCARD, 28, "discard"),
                                         ("keep", KEEP, 64, "keep")):
-        pts = [p for p in scored if p.status == status]
+        pts = [(p.index, score) for p, score in scored if p.status == status]
         if pts:
-            ax.scatter([p.index for p in pts], [p.score for p in pts], s=size, c=colour,
+            ax.scatter([x for x, _ in pts], [y for _, y in pts], s=size, c=colour,
                        edgecolors="white" if status == "keep" else "none", linewidths=0.6,
                        zorder=3 if status == "keep" else 2,
                        label=f"{label} ({len(pts)})").set_gid(f"{status}s")
-    bars = [p for p in c.points if p.interval is not None and p.score is not None]
+    bars = [(p.index, score, p.interval) for p, score in scored if p.interval is not None]
     if bars:
-        ax.errorbar([p.index for p in bars], [p.score for p in bars],
-                    yerr=[[p.score - p.interval[0] for p in bars if p.score is not None
-                           and p.interval is not None],
-                          [p.interval[1] - p.score for p in bars if p.score is not None
-                           and p.interval is not None]],
+        ax.errorbar([x for x, _, _ in bars], [y for _, y, _ in bars],
+                    yerr=[[y - bottom for _, y, (bottom, _) in bars],
+                          [top - y for _, y, (_, top) in bars]],
                     fmt="none", ecolor=INTERVAL, elinewidth=1, capsize=2, zorder=1,
                     label="confidence interval", gid="intervals")
     for kind, count in c.crashes.items():
-        pts = [p for p in c.points if p.status == "crash" and (p.crash_kind or "unknown") == kind]
-        ax.scatter([p.index for p in pts], [p.score if p.score is not None else floor
-                                            for p in pts],
+        crashed = [p for p in c.points
+                   if p.status == "crash" and (p.crash_kind or "unknown") == kind]
+        ax.scatter([p.index for p in crashed],
+                   [p.score if p.score is not None else floor for p in crashed],
                    marker=CRASH_MARKERS.get(kind, "x"), s=36, c=CRASH, zorder=3,
                    label=f"crash: {kind} ({count})").set_gid(f"crashes-{kind}")
     steps = c.best_so_far()

@@ -96,7 +96,7 @@ def campaign(task_id: str, direction: str, records: list[dict[str, Any]]) -> Cam
                               str(record.get("started_at") or "")))
     kept = [k.score for k in keeps if k.score is not None]
     start = _start(records)
-    scored = [s for s in ([start] if start is not None else []) + kept]
+    scored = ([start] if start is not None else []) + kept
     best = (min(scored) if direction == "minimize" else max(scored)) if scored else None
     crashes = Counter(p.crash_kind or "unknown" for p in points if p.status == "crash")
     wall = sum(d for d in (number(r.get("duration_seconds")) for r in records) if d is not None)
