@@ -105,16 +105,24 @@ def test_a_keep_rolled_forward_leaves_an_artifact_the_user_changed_meanwhile(
     assert os.listdir(isolated_env) == []
 
 
-def test_a_keep_without_a_commit_is_rolled_forward_too(repo: Repo, isolated_env: Path) -> None:
+@pytest.mark.parametrize("point", ["after_temp", "after_ref_update", "after_file",
+                                   "after_sync", "after_baseline"])
+def test_a_keep_without_a_commit_is_rolled_forward_too(repo: Repo, isolated_env: Path,
+                                                      point: str) -> None:
     repo.write_task(default_task(policy__commit_on_keep=False))
     repo.commit("no commits")
     before = snapshot(repo, isolated_env)
-    killed_at(repo, "after_sync")
+    killed_at(repo, point)
     rec, _ = recover(repo)
+    assert_guarantees(repo, before, isolated_env, rec)
+    no_keep_leftovers(repo)
+    if point == "after_temp":  # before the commit point ("prepared"): nothing happened
+        assert rec["status"] == "crash" and repo.read(NOTES) == "first\n"
+        assert baseline(repo) is None
+        return
     assert rec["status"] == "keep" and rec["commit"] is None
     assert repo.read(NOTES) == "first\nmore\n"
     assert baseline(repo)["score"] == 2.0  # type: ignore[index]
-    assert_guarantees(repo, before, isolated_env, rec)
 
 
 def test_a_record_lost_between_record_json_and_the_results_line_is_appended_once(

@@ -345,3 +345,22 @@ def test_core_autocrlf_keeps_the_line_endings_of_the_users_checkout(
     assert repo.git("cat-file", "-p", f"HEAD:{NOTES}") == "first\nmore\n"
     assert repo.git("status", "--porcelain") == ""
     assert rec["changed_lines"] == 1
+
+
+def test_keeps_with_a_git_status_loop_running_all_agree(repo: Repo, isolated_env: Path,
+                                                         tmp_path: Path) -> None:
+    # An IDE runs `git status` in a loop: each one takes .git/index.lock to refresh it.
+    stop = tmp_path / "stop"
+    loop = subprocess.Popen(
+        ["sh", "-c", f"while [ ! -e {stop} ]; do GIT_OPTIONAL_LOCKS=1 git status "
+                     "--porcelain >/dev/null 2>&1; done"], cwd=repo.path)
+    try:
+        for _ in range(4):
+            rec = checked(repo, repo.run())
+            assert rec["status"] == "keep", rec
+    finally:
+        stop.touch()
+        loop.wait(timeout=30)
+    agree(repo, rec)
+    assert repo.read(NOTES) == "first\n" + "more\n" * 4
+    assert repo.git("show", "--format=", "--name-only", "HEAD").split() == [NOTES]
