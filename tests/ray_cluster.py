@@ -98,11 +98,16 @@ class LocalCluster:
                if not k.startswith(("RAY_", "LOOPENGINE_", "GIT_"))}
         env.update(HOME=str(home), LOOPENGINE_SANDBOX_ROOT=str(home / "sandboxes"),
                    LOOPENGINE_TEST_NODE=name, RAY_USAGE_STATS_ENABLED="0")
+        # Every port of its own: other clusters may run on this machine (other test runs),
+        # and Ray's defaults (dashboard agent 52365, client 10001, ...) would collide.
+        ports = [f"--{name}={free_port()}" for name in (
+            "node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")]
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 [RAY, "start", "--block", f"--num-cpus={self.num_cpus}",
                  f"--object-store-memory={OBJECT_STORE_BYTES}", "--disable-usage-stats",
-                 *args],
+                 *ports, *args],
                 cwd=home, env=env, stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT, start_new_session=True)
         node = Node(name, proc, home, log)
@@ -119,6 +124,7 @@ class LocalCluster:
         return self._start("head", [
             "--head", f"--port={self.port}", "--node-ip-address=127.0.0.1",
             "--include-dashboard=false", f"--temp-dir={self.root / 'ray'}",
+            f"--dashboard-port={free_port()}", f"--ray-client-server-port={free_port()}",
             f"--system-config={json.dumps(SYSTEM_CONFIG)}"])
 
     def add_worker(self, name: str | None = None) -> Node:
