@@ -124,7 +124,7 @@ class LocalCluster:
         return self._start("head", [
             "--head", f"--port={self.port}", "--node-ip-address=127.0.0.1",
             "--include-dashboard=false", f"--temp-dir={self.root / 'ray'}",
-            f"--dashboard-port={free_port()}", f"--ray-client-server-port={free_port()}",
+            f"--dashboard-port={free_port()}",
             f"--system-config={json.dumps(SYSTEM_CONFIG)}"])
 
     def add_worker(self, name: str | None = None) -> Node:
