@@ -3,6 +3,7 @@
     uv run python bench/verdicts.py                          # 4 seeds x 300 candidates, both mixes
     uv run python bench/verdicts.py --candidates 60 --seeds 1   # a quick look
     uv run python bench/verdicts.py --json > verdicts.json
+    uv run python bench/verdicts.py --simulate --seeds 1,2,3,4,5,6,7,8   # in-process, fast
 
 A simulated optimization: the artifact holds a true value; each candidate changes it by a
 true effect drawn once, the same for every policy.  Two mixes of effects:
@@ -25,6 +26,13 @@ the bench reports the mean over the seeds and the spread (lowest to highest) of
                      baseline's included), per candidate and against the naive policy
 
 The naive policy is the default: ``repeats: 1`` and the stored baseline.
+
+``--simulate`` runs the same campaigns in this process instead of through the CLI: the
+engine's own measurement loop, decision and baseline store rules (``measure.plan``,
+``measure.measure``, ``decide.decide``, ``measure.new_baseline``, the pooled noise) with
+a Gaussian stand-in for the runner and scorer, and no git, sandbox or subprocess.  It is
+the same rule at a thousandth of the cost, for many seeds; the CLI run checks that the
+real command agrees with it.
 """
 
 from __future__ import annotations
@@ -52,6 +60,8 @@ POLICIES: dict[str, dict[str, Any]] = {
     "repeats3": {"repeats": 3},
     # calibrate's advice for an effect of one noise standard deviation
     "sequential": {"repeats": 12},
+    "sequential8": {"repeats": 8},
+    "sequential10": {"repeats": 10},
     "remeasure4": {"repeats": 4, "remeasure_baseline": True},
 }
 DEFAULT = ("naive", "sequential")
@@ -187,6 +197,81 @@ def run_policy(name: str, mix: str, seed: int, planned: list[float], noise: floa
     return out
 
 
+def simulate_policy(name: str, mix: str, seed: int, planned: list[float], noise: float,
+                    workdir: Path) -> Outcome:
+    """The campaign of :func:`run_policy`, in-process (see ``--simulate``)."""
+    from loopengine import decide, measure, stats
+    from loopengine.results import Baseline
+    from loopengine.task import load_task
+
+    settings = POLICIES[name]
+    out = Outcome(name, mix, seed, settings)
+    home = workdir / f"sim-{name}-{mix}-{seed}"
+    home.mkdir(parents=True)
+    policy = json.dumps({"min_improvement": 0.0, **settings})
+    (home / "task.yaml").write_text(TASK.format(proposal="p", py="python", bench="b",
+                                                state="s", noise=noise, seed=seed,
+                                                policy=policy).replace("tasks/sim", "."))
+    task = load_task(home / "task.yaml", home)
+    rng = random.Random(f"simulate-{seed}")
+    t0 = time.monotonic()
+    true, stored, pool = 0.0, None, stats.Pool()
+
+    class Gauss:
+        longest = 0.0
+
+        def __init__(self, candidate: float) -> None:
+            self.mu = {"baseline": true, "candidate": candidate}
+
+        def __call__(self, side: str) -> Any:
+            out.evaluations += 1
+            return measure.Sample(self.mu[side] + rng.gauss(0.0, noise), {})
+
+    def iterate_in_process(effect: float, has_change: bool) -> str:
+        nonlocal stored, pool
+        how = measure.plan(task, stored, "sim")
+        m = measure.Measurement(baseline=list(how.stored),
+                                noise=pool if task.policy.repeats > 1 else stats.Pool())
+        measure.measure(task, Gauss(true + effect), how, m, has_change=has_change)
+        base = stats.mean(m.baseline) if m.baseline and how.source != "none" else None
+        assert m.score is not None
+        verdict = decide.decide(score=m.score, baseline=base, direction="maximize",
+                                min_improvement=task.policy.min_improvement, constraints=(),
+                                metrics={}, has_change=has_change,
+                                keep_when_no_baseline=task.policy.keep_when_no_baseline,
+                                verdict=m.look)
+        kept = verdict.status == "keep"
+        new = measure.new_baseline(m, how, kept=kept, has_change=has_change)
+        if new is not None:
+            stored = Baseline(score=new[0], artifacts="x", run_id="r", fingerprint="sim",
+                              scores=new[1])
+        if task.policy.repeats > 1:
+            for group in measure.retired_groups(m, kept=kept):
+                pool = pool + stats.Pool.of(group)
+        out.runs += m.runs
+        reason = verdict.reason.split(":")[0] if verdict.status == "discard" else ""
+        return verdict.status if reason not in ("inconclusive", "not promising") else reason
+
+    iterate_in_process(0.0, has_change=False)
+    for effect in planned:
+        status = iterate_in_process(effect, has_change=True)
+        out.candidates += 1
+        out.improving += effect > 0
+        out.neutral += effect == 0
+        if status == "keep":
+            true += effect
+            out.keeps += 1
+            out.worse_kept += effect <= 0
+            out.neutral_kept += effect == 0
+        elif effect > 0:
+            out.missed += 1
+        kind = status if status in ("inconclusive", "not promising", "keep") else "discard"
+        out.reasons[kind] = out.reasons.get(kind, 0) + 1
+    out.true_value = true
+    out.seconds = time.monotonic() - t0
+    return out
+
+
 def iterate(repo: Path) -> dict[str, Any]:
     proc = subprocess.run([PY, "-m", "loopengine", "run", "--task", "tasks/sim/task.yaml"],
                           cwd=repo, capture_output=True, text=True, check=False,
@@ -214,9 +299,10 @@ def spread(values: list[float], fmt: str) -> str:
 
 def report(outcomes: list[Outcome], args: argparse.Namespace) -> str:
     seeds = sorted({o.seed for o in outcomes})
-    lines = [f"{args.candidates} candidates a seed, seeds {', '.join(map(str, seeds))}; noise "
-             f"sd {args.noise:g}, effect size {args.effect:g}; mean over the seeds "
-             "(lowest-highest)"]
+    how = "in-process simulation of the rule" if args.simulate else "the real loopengine run"
+    lines = [f"{how}: {args.candidates} candidates a seed, seeds "
+             f"{', '.join(map(str, seeds))}; noise sd {args.noise:g}, effect size "
+             f"{args.effect:g}; mean over the seeds (lowest-highest)"]
     verdicts: list[str] = []
     for mix in [m for m in MIXES if any(o.mix == m for o in outcomes)]:
         rows = [o for o in outcomes if o.mix == mix]
@@ -275,6 +361,8 @@ def main(argv: list[str]) -> None:
                         help=f"comma-separated, from {', '.join(POLICIES)}")
     parser.add_argument("--jobs", type=int, default=2, help="policy runs at once")
     parser.add_argument("--json", action="store_true", help="one JSON object per policy run")
+    parser.add_argument("--simulate", action="store_true",
+                        help="in-process: the engine's rule without the CLI (fast)")
     args = parser.parse_args(argv)
     names = [n for n in args.policies.split(",") if n]
     mixes = [m for m in args.mixes.split(",") if m]
@@ -284,7 +372,8 @@ def main(argv: list[str]) -> None:
         parser.error(f"unknown policies or mixes: {', '.join(unknown)}")
     with (tempfile.TemporaryDirectory(prefix="loopengine-verdicts-") as tmp,
           concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool):
-        futures = [pool.submit(run_policy, n, mix, seed,
+        one = simulate_policy if args.simulate else run_policy
+        futures = [pool.submit(one, n, mix, seed,
                                effects(args.candidates, args.effect, seed, mix),
                                args.noise, Path(tmp))
                    for seed in seeds for mix in mixes for n in names]
