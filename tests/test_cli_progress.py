@@ -109,7 +109,9 @@ def test_run_v_without_a_terminal_prints_plain_progress(repo: Repo, guarded) -> 
     assert any(line.endswith("] mutator started") for line in err)
     assert any(re.search(r"\] runner finished in 0\.\d\ds \(exit 0\)$", line) for line in err)
     assert "  runner| working-hard" in err
-    assert err[-1].endswith("] keep: no baseline available")
+    # The first run measures its baseline (1 line) before the candidate (2 lines).
+    assert err[-1].endswith("] keep: score 2.0 beats baseline 1.0 by 1 (higher is better, "
+                            "min_improvement 0)")
     assert "\x1b[" not in result.stderr
 
 
@@ -156,4 +158,4 @@ def test_run_on_a_terminal_shows_live_progress_and_stdout_stays_json(repo: Repo)
     shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode("utf-8", "replace"))
     assert "✓ mutator" in shown and "✓ runner" in shown and "✓ scorer" in shown
     assert "working-hard" in shown  # the runner's latest line, live
-    assert "keep  no baseline available" in shown
+    assert "keep  score 2.0 beats baseline 1.0 by 1" in shown
