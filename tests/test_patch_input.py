@@ -63,7 +63,10 @@ def test_dev_stdin_a_shell_pipe_and_process_substitution_work(repo: Repo) -> Non
 
 
 def test_an_empty_patch_is_a_candidate_with_no_change(repo: Repo) -> None:
-    assert repo.run().record["status"] == "keep"  # a baseline to hold it against
+    first = run_piped(repo, "-", b"")  # the first run: the baseline is measured
+    assert (first.code, first.record["status"]) == (0, "discard"), first.stderr
+    assert first.record["reason"] == "candidate has no change"
+    assert repo.run().record["status"] == "keep"
     head = repo.git("rev-parse", "HEAD")
     for data in (b"", b"\n\n"):
         result = run_piped(repo, "-", data)
