@@ -53,3 +53,38 @@ def test_the_guide_covers_verdicts_the_first_baseline_and_run_id_shortcuts() -> 
                   "--candidates N", "loopengine loop", "loopengine status",
                   "loopengine report", "loopengine mcp", "baseline_metrics"):
         assert words in guide, words
+
+
+def test_the_two_commands_do_not_conflict(tmp_path) -> None:
+    """The main job keeps and commits an improved sample SKILL.md in the repository
+    itself; the sample task's tests must still pass after it (in a clone of this
+    project, so that this checkout is left alone)."""
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    clone = tmp_path / "clone"
+    made = subprocess.run(["git", "clone", "-q", str(PROJECT), str(clone)],
+                          capture_output=True, text=True, check=False)
+    if made.returncode != 0:
+        pytest.skip(f"not a git checkout: {made.stderr}")
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("GIT_", "LOOPENGINE_", "PYTEST_"))}
+    for key in ("HOME", "GIT_CONFIG_GLOBAL", "GIT_CONFIG_NOSYSTEM", "LOOPENGINE_SANDBOX_ROOT"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    for _ in range(3):
+        job = subprocess.run([sys.executable, "-m", "loopengine", "run", "--task",
+                              "tasks/skill-quality/task.yaml"], cwd=clone, env=env,
+                             capture_output=True, text=True, timeout=300, check=False)
+        assert job.returncode == 0, job.stdout + job.stderr
+        assert '"status":"keep"' in job.stdout
+    fixture = clone / "tasks/skill-quality/fixtures/SKILL.md"
+    assert fixture.read_bytes() != (PROJECT / "tests/data/skill-quality-SKILL.md").read_bytes()
+    tests = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:randomly",
+                            "-p", "no:cacheprovider", "tests/test_sample_task.py",
+                            "-k", "not any_start"], cwd=clone, env=env,
+                           capture_output=True, text=True, timeout=600, check=False)
+    assert tests.returncode == 0, tests.stdout[-3000:] + tests.stderr[-2000:]
