@@ -6,6 +6,12 @@ prints gigabytes can never block on a full pipe.  Every step carries a unique
 ``LOOPENGINE_STEP_TOKEN`` in its environment; children that leave the process group
 (``setsid``, daemons) still carry it, and ``kill_tagged`` finds them through ``/proc``.
 
+Nothing a step started may outlive it, even a process that drops the token and hops pids
+(fork, ``setsid``, parent exits, in a loop): a step isolated by bubblewrap has its own PID
+namespace, which the kernel empties when the step ends (``isolation.py`` builds its command
+line); an unisolated step runs under ``reaper.py``, a child subreaper that every orphan of
+the step is reparented to, and that kills the whole subtree when the step ends.
+
 Two helper threads make the start and the cleanup safe against signal handlers that
 raise (``Interrupted``, ``KeyboardInterrupt``), which Python runs in the main thread only:
 see ``_Spawner`` and ``_Cleanup``.
@@ -18,6 +24,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -26,8 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from loopengine import isolation as isolation_mod
 from loopengine.errors import Interrupted
 from loopengine.git import REPO_VAR_PREFIXES, REPO_VARS
+from loopengine.task import Isolation
 
 TOKEN_VAR = "LOOPENGINE_STEP_TOKEN"
 STDOUT_MARKER = "--- stdout ---"
@@ -44,6 +53,7 @@ KILL_ROUNDS = 20
 REAP_SECONDS = 5.0
 # ``on_line`` looks at no more than this much new output per poll.
 _TAIL_WINDOW = 64 * 1024
+REAPER = Path(__file__).resolve().parent / "reaper.py"
 
 
 
@@ -154,9 +164,13 @@ def run_step(
     log_path: Path,
     stdout_path: Path | None = None,
     on_line: Callable[[str], None] | None = None,
+    isolation: Isolation | None = None,
+    places: isolation_mod.Places | None = None,
 ) -> StepResult:
     """Run ``command`` with ``/bin/sh -c`` in ``cwd``; kill it after ``timeout`` seconds.
 
+    With ``isolation`` (and ``places``, the sandbox and the main tree) the step runs under
+    bubblewrap when its mode gets it here; ``IsolationError`` when ``mode: bwrap`` cannot.
     A non-zero exit or a timeout is a result, not an exception.  Exceptions raised while
     the step runs (``Interrupted``, ``KeyboardInterrupt``) propagate, but only after the
     step and everything it started have been killed.
@@ -167,6 +181,16 @@ def run_step(
     token = uuid.uuid4().hex
     full_env = dict(env)
     full_env[TOKEN_VAR] = token
+    bwrap = None if isolation is None else isolation_mod.resolve(isolation)
+    if bwrap is not None:
+        assert isolation is not None
+        if places is None:
+            raise ValueError(f"step {name!r}: isolation needs the sandbox's places")
+        argv = isolation_mod.argv(bwrap, isolation, places, cwd, command)
+        full_env = isolation_mod.environment(full_env, isolation)
+    else:
+        argv = [sys.executable, "-I", "-S", str(REAPER), str(os.getpid()),
+                "/bin/sh", "-c", command]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     if stdout_path is not None:
         stdout_path.parent.mkdir(parents=True, exist_ok=True)
@@ -177,7 +201,7 @@ def run_step(
         log = files.enter_context(open(log_path, "ab"))
         out = log if stdout_path is None else files.enter_context(open(stdout_path, "wb"))
         tails = [] if on_line is None else _make_tails(on_line, log_path, stdout_path)
-        spawner = _Spawner(command, cwd, full_env, out, log)
+        spawner = _Spawner(argv, cwd, full_env, out, log)
         try:
             spawner.start()
             proc = spawner.wait()
@@ -188,7 +212,8 @@ def run_step(
             for tail in tails:
                 tail.poll()
         finally:
-            cleanup = _Cleanup(spawner, token, log_path, stdout_path).run()
+            cleanup = _Cleanup(spawner, token, log_path, stdout_path,
+                               reaper=bwrap is None).run()
     # Only reached when no exception is on its way out: that one wins.
     if cleanup.interrupt is not None:
         raise cleanup.interrupt
@@ -215,14 +240,18 @@ class _Spawner:
     a child that is already running.  In a helper thread ``Popen`` always completes, and
     ``claim`` (in the main thread's ``finally``) either gets the process or stops it from
     ever being started.
+
+    The thread lives on until ``release``: bwrap's ``--die-with-parent`` is a parent-death
+    signal, which Linux sends when the *thread* that started the process ends.
     """
 
     def __init__(
-        self, command: str, cwd: Path, env: dict[str, str], out: BinaryIO, err: BinaryIO
+        self, argv: list[str], cwd: Path, env: dict[str, str], out: BinaryIO, err: BinaryIO
     ) -> None:
-        self._args = (command, cwd, env, out, err)
+        self._args = (argv, cwd, env, out, err)
         self._lock = threading.Lock()
         self._done = threading.Event()
+        self._released = threading.Event()
         self._claimed = False
         self._proc: subprocess.Popen[bytes] | None = None
         self._error: BaseException | None = None
@@ -231,13 +260,13 @@ class _Spawner:
         threading.Thread(target=self._spawn, name="loopengine-spawn", daemon=True).start()
 
     def _spawn(self) -> None:
-        command, cwd, env, out, err = self._args
+        argv, cwd, env, out, err = self._args
         try:
             with self._lock:
                 if self._claimed:
                     return
                 self._proc = subprocess.Popen(
-                    ["/bin/sh", "-c", command],
+                    argv,
                     cwd=cwd,
                     env=env,
                     stdin=subprocess.DEVNULL,
@@ -250,6 +279,11 @@ class _Spawner:
             self._error = exc
         finally:
             self._done.set()
+        self._released.wait()
+
+    def release(self) -> None:
+        """The step is over: let the thread end."""
+        self._released.set()
 
     def wait(self) -> subprocess.Popen[bytes]:
         """The started process; waits in slices so that the main thread stays interruptible."""
@@ -343,9 +377,11 @@ class _Cleanup:
     """
 
     def __init__(
-        self, spawner: _Spawner, token: str, log_path: Path, stdout_path: Path | None
+        self, spawner: _Spawner, token: str, log_path: Path, stdout_path: Path | None,
+        *, reaper: bool,
     ) -> None:
         self._spawner = spawner
+        self._reaper = reaper
         self._token = token
         self._log_path = log_path
         self._stdout_path = stdout_path
@@ -369,18 +405,30 @@ class _Cleanup:
                 self.interrupt = self.interrupt or exc
 
     def _work(self) -> None:
+        try:
+            self._kill_and_reap()
+        finally:
+            self._spawner.release()
+        if self._stdout_path is not None:
+            try:
+                _append_stdout(self._log_path, self._stdout_path)
+            except OSError as exc:
+                self.error = exc
+
+    def _kill_and_reap(self) -> None:
         proc = self._spawner.claim()
+        if proc is not None and self._reaper:
+            # The reaper kills the subtree it holds, then exits; killing it first would
+            # hand its orphans to init.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(proc.pid, signal.SIGUSR1)
+            _wait_exit(proc.pid, time.monotonic() + REAP_SECONDS, [])
         if proc is not None:
             _signal_group(proc.pid, signal.SIGKILL)
         kill_tagged(self._token)
         if proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.exit_code = proc.wait(timeout=REAP_SECONDS)
-        if self._stdout_path is not None:
-            try:
-                _append_stdout(self._log_path, self._stdout_path)
-            except OSError as exc:
-                self.error = exc
 
 
 def _signal_group(pgid: int, signum: int) -> None:

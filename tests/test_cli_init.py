@@ -28,7 +28,9 @@ def test_init_makes_a_scaffold_that_validates(repo: Repo) -> None:
     folder = repo.path / "tasks" / "my-task"
     assert sorted(p.name for p in folder.iterdir()) == FILES
     checked = invoke("validate", "--task", "tasks/my-task/task.yaml", cwd=repo.path)
-    assert checked.stdout == "tasks/my-task/task.yaml: ok (task my-task)\n"
+    first, isolation_line = checked.stdout.splitlines()
+    assert first == "tasks/my-task/task.yaml: ok (task my-task)"
+    assert isolation_line.startswith("isolation: ")
     task = load_task(folder / "task.yaml", repo.path)
     assert task.id == "my-task" and task.task_dir == "tasks/my-task"
     assert "{{" not in (folder / "task.yaml").read_text()

@@ -186,6 +186,7 @@ def test_task_file_is_the_seed_wiring() -> None:
         "policy": {"min_improvement": 0.0, "keep_when_no_baseline": True, "commit_on_keep": True},
         "budget": {"max_seconds": 120},
         "logging": {"results_path": "work/results.jsonl"},
+        "isolation": {"mode": "auto", "network": False},
     }
 
 

@@ -13,7 +13,17 @@ from typing import Any
 
 from loopengine import decide as decide_mod
 from loopengine import diff as diff_mod
-from loopengine import git, journal, pool, recovery, sandbox, score, stats, tripwire
+from loopengine import (
+    git,
+    isolation,
+    journal,
+    pool,
+    recovery,
+    sandbox,
+    score,
+    stats,
+    tripwire,
+)
 from loopengine import measure as measure_mod
 from loopengine.errors import LoopError
 from loopengine.process import StepResult, log_tail, run_step, step_env
@@ -153,12 +163,18 @@ class Steps:
             **sandbox.venv_env(self.sb.tree, self.repo.root if self.repo else None),
             **self.env,
         })
+        # An isolated step cannot reach the main repository: nothing to watch or repair.
+        isolated = isolation.resolve(step.isolation) is not None
+        root = self.repo.root if self.repo else self.task.repo_root
+        places = isolation.Places(tree=self.sb.tree, main_tree=root,
+                                  git_dir=self.repo.common_dir if self.repo else None)
         self.report.step_started(name)
-        before = self.watch_main_repo()
+        before = None if isolated else self.watch_main_repo()
         try:
             result = run_step(name, step.command, cwd=cwd, env=env, timeout=timeout,
                               log_path=log, stdout_path=out,
-                              on_line=self.report.line_callback(name))
+                              on_line=self.report.line_callback(name),
+                              isolation=step.isolation, places=places)
         finally:
             touched = self.restore_main_repo(before)
         if self.tripwire is not None and self.tripwire.left:
@@ -277,6 +293,7 @@ class Ledger:
         self.journal = journal.Journal(self.run_dir)
         self.alive = recovery.Alive(root, self.run_id)
         self.committed = False  # past the keep's commit point: the record says keep
+        self.patched = False  # the candidate is a --patch: no mutator runs
         self.unfinished: str | None = None  # a keep past its commit point, not finished
 
     def crash(self, kind: str, reason: str, tail: str | None = None) -> None:
@@ -315,6 +332,8 @@ class Ledger:
                    "ref": self.ref,
                    "batch_id": self.batch_id,
                    "left_alone": list(self.steps.left) if self.steps else [],
+                   "isolation": isolation.task_mode(task, mutator=not self.patched)
+                   if task else "none",
                    **self.extra},
         )
 

@@ -38,6 +38,7 @@ def prepare(run: Ledger, task_path: str, *, patch_file: Path | None = None,
     run.alive.note_task(task.id, task.results_path)
     run.deadline = run.t0 + task.max_seconds
     patch_input = None
+    run.patched = patch_file is not None
     if patch_file is not None:
         # The agent's patch, read once into the run folder: git only reads that copy.
         patch_input = patch_mod.read(patch_file, run.run_dir / "input.patch",
