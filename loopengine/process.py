@@ -220,6 +220,9 @@ def run_step(
     if cleanup.error is not None:
         raise cleanup.error
     exit_code = cleanup.exit_code
+    if bwrap is not None and exit_code is not None and 128 < exit_code <= 128 + 64:
+        # bwrap reports a command killed by signal n as exit status 128 + n, as a shell does.
+        exit_code = 128 - exit_code
     if timed_out:
         exit_code = None
     return StepResult(

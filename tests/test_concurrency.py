@@ -77,7 +77,7 @@ def test_parallel_runs_on_one_task_never_keep_twice_against_one_baseline(
 def test_a_commit_made_during_the_run_is_not_lost(repo: Repo, procs, isolated_env: Path,
                                                   tmp_path: Path) -> None:
     started, go = tmp_path / "started", tmp_path / "go"
-    repo.write_task(default_task(
+    repo.write_task(default_task(isolation={"write": [str(tmp_path)]},
         runner__command=f"echo 1 > {started}; while [ ! -e {go} ]; do sleep 0.05; done"))
     repo.commit("waiting runner")
     proc = start_run(repo, procs)
@@ -107,7 +107,7 @@ def test_a_commit_made_during_the_run_is_not_lost(repo: Repo, procs, isolated_en
 def test_the_user_committing_the_artifact_during_the_run_wins(
         repo: Repo, procs, isolated_env: Path, tmp_path: Path) -> None:
     started, go = tmp_path / "started", tmp_path / "go"
-    repo.write_task(default_task(
+    repo.write_task(default_task(isolation={"write": [str(tmp_path)]},
         runner__command=f"echo 1 > {started}; while [ ! -e {go} ]; do sleep 0.05; done"))
     repo.commit("waiting runner")
     proc = start_run(repo, procs)
@@ -130,7 +130,7 @@ def test_a_commit_made_by_the_runner_in_the_main_repo_is_put_back(
     # commit, its reflog entry carries the step's marker, so the tripwire (issue 3) puts
     # the branch back and the run is a crash naming the move.
     git = f"git -C {repo.path} -c user.name=U -c user.email=u@example.com"
-    repo.write_task(default_task(runner__command=(
+    repo.write_task(default_task(isolation={"mode": "none"}, runner__command=(
         f"{git} commit -q --allow-empty -m 'made during the run'")))
     before = repo.commit("task")
     rec = check_record(repo, repo.run())
@@ -167,7 +167,7 @@ def test_runs_on_two_tasks_at_once(repo: Repo, procs, isolated_env: Path) -> Non
 def test_a_run_killed_with_sigkill_is_cleaned_up_by_the_next_run(
         repo: Repo, procs, isolated_env: Path, tmp_path: Path) -> None:
     pidfile, second = tmp_path / "step.pid", tmp_path / "second"
-    repo.write_task(default_task(
+    repo.write_task(default_task(isolation={"mode": "none"},
         runner__command=f"test -e {second} || {PY} {BIN}/ignore_term.py {pidfile}"))
     repo.commit("runner that hangs the first time")
     # The user's own worktrees, one of them already stale: neither is ours to remove.
@@ -236,7 +236,7 @@ def test_a_ref_lock_held_by_another_git_process_is_left_alone(
     # refs/heads/main.lock for a moment: it is not a broken ref a step made.
     assert check_record(repo, repo.run())["status"] == "keep"
     started, go = tmp_path / "started", tmp_path / "go"
-    repo.write_task(default_task(
+    repo.write_task(default_task(isolation={"mode": "none"},
         mutator__command="true",
         runner__command=f"echo 1 > {started}; while [ ! -e {go} ]; do sleep 0.05; done"))
     repo.commit("no-op mutator, waiting runner")

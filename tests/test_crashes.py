@@ -99,7 +99,10 @@ def test_timeout_kills_a_child_ignoring_sigterm_and_a_detached_grandchild(
     command = (f"{PY} {BIN}/ignore_term.py {stubborn} & "
                f"sh {BIN}/detach_and_wait.sh {detached}")
     start = time.monotonic()
-    rec = crash(repo, guarded, "timeout", runner__command=command, runner__timeout_seconds=1.5)
+    # Host pids in the pid files: unisolated (under bwrap the step has its own PID namespace,
+    # tests/test_isolation.py).
+    rec = crash(repo, guarded, "timeout", runner__command=command, runner__timeout_seconds=1.5,
+                isolation={"mode": "none"})
     assert time.monotonic() - start < 15
     assert rec["reason"] == "runner timed out after 1.5s (runner.timeout_seconds)" + BASELINE
     assert "detached" in rec["log_tail"] and "ready" in rec["log_tail"]
@@ -109,7 +112,7 @@ def test_timeout_kills_a_child_ignoring_sigterm_and_a_detached_grandchild(
 def test_a_detached_grandchild_of_a_successful_step_does_not_outlive_it(
         repo: Repo, guarded, tmp_path: Path) -> None:
     pidfile = tmp_path / "detached.pid"
-    use(repo, mutator__command=f"sh {BIN}/detach_child.sh {pidfile} && "
+    use(repo, isolation={"mode": "none"}, mutator__command=f"sh {BIN}/detach_child.sh {pidfile} && "
         f"{PY} {BIN}/append_line.py notes.md more")
     result = guarded()
     rec = check_record(repo, result)

@@ -318,7 +318,7 @@ def test_main_tree_artifact_changed_during_the_run(
     repo.write(NOTES, "score: 1\n")
     plan = tmp_path / "proposal.md"
     plan.write_text("score: 2\n")
-    repo.write_task(default_task(
+    repo.write_task(default_task(isolation={"mode": "none"},
         mutator__command=f"{PY} {BIN}/mutate.py copy {plan} notes.md",
         runner__command=f"{PY} {BIN}/mutate.py write {main_notes} 'score: 7\\n'",
         scorer__command=f"{PY} {BIN}/score_kv.py notes.md"))

@@ -22,7 +22,7 @@ from loopengine.process import kill_tagged
 
 def test_no_step_inherits_a_lock_descriptor(repo: Repo, guarded, tmp_path: Path) -> None:
     fds = {step: tmp_path / f"{step}.fds" for step in ("mutator", "runner")}
-    repo.write_task(default_task(
+    repo.write_task(default_task(isolation={"write": [str(tmp_path)]},
         mutator__command=f"ls -l /proc/self/fd > {fds['mutator']}; "
                          f"{PY} {BIN}/append_line.py notes.md more",
         runner__command=f"ls -l /proc/self/fd > {fds['runner']}"))
@@ -39,7 +39,7 @@ def test_no_step_inherits_a_lock_descriptor(repo: Repo, guarded, tmp_path: Path)
 def test_the_steps_of_a_run_killed_with_sigkill_are_killed_by_the_next_run(
         repo: Repo, tmp_path: Path) -> None:
     pidfile = tmp_path / "detached.pid"
-    repo.write_task(default_task(
+    repo.write_task(default_task(isolation={"mode": "none"},
         runner__command=f"sh {BIN}/detach_child.sh {shlex.quote(str(pidfile))} --wait"))
     repo.commit("a runner that detaches a child and waits")
     engine = subprocess.Popen([PY, "-m", "loopengine", "run", "--task", "tasks/demo/task.yaml"],

@@ -55,7 +55,8 @@ git -C "$MAIN" config alias.st "!touch {pwned}"
 git -C "$MAIN" config core.fsmonitor "touch {pwned}"
 {PY} -c "open('notes.md', 'a').write('more\\n')"
 """
-    repo.write_task(default_task(mutator__command=attack_script(tmp_path, repo.path, body)))
+    repo.write_task(default_task(isolation={"mode": "none"},
+                                 mutator__command=attack_script(tmp_path, repo.path, body)))
     repo.commit("task")
     head = repo.git("rev-parse", "HEAD").strip()
     rec = check_record(repo, guarded())  # refs, HEAD, config, hooks, info/: all as before
@@ -83,7 +84,8 @@ def test_a_runner_commit_on_the_current_branch_is_put_back(repo: Repo, guarded,
                                                           tmp_path: Path) -> None:
     # The step's reflog entry carries its marker: not the user's own commit.
     body = f'git -C "$MAIN" {IDENT} commit -q --allow-empty -m "made by the runner"'
-    repo.write_task(default_task(runner__command=attack_script(tmp_path, repo.path, body)))
+    repo.write_task(default_task(isolation={"mode": "none"},
+                                 runner__command=attack_script(tmp_path, repo.path, body)))
     head = repo.commit("task")
     rec = check_record(repo, guarded())
     assert rec["status"] == "crash" and rec["crash_kind"] == "runner"
@@ -99,7 +101,8 @@ def test_changing_head_and_writing_refs_as_files_is_put_back(repo: Repo, guarded
     body = (f'git -C "$MAIN" symbolic-ref HEAD refs/heads/other\n'
             f'echo {head} > "$MAIN/.git/refs/tags/raw"\n'
             f'cp "$MAIN/.git/config" "$MAIN/.git/config.worktree"')
-    repo.write_task(default_task(scorer__command=attack_script(tmp_path, repo.path, body)))
+    repo.write_task(default_task(isolation={"mode": "none"},
+                                 scorer__command=attack_script(tmp_path, repo.path, body)))
     repo.commit("task")
     rec = check_record(repo, guarded())
     assert rec["status"] == "crash" and rec["crash_kind"] == "scorer"
@@ -208,7 +211,8 @@ def test_a_run_never_puts_back_what_another_run_repaired(repo: Repo) -> None:
 def test_a_step_that_tampers_and_then_times_out_is_still_put_back(repo: Repo, guarded,
                                                                  tmp_path: Path) -> None:
     body = 'git -C "$MAIN" tag left-behind\nexec sleep 60'
-    repo.write_task(default_task(runner__command=attack_script(tmp_path, repo.path, body),
+    repo.write_task(default_task(isolation={"mode": "none"},
+                                 runner__command=attack_script(tmp_path, repo.path, body),
                                  runner__timeout_seconds=1))
     repo.commit("task")
     rec = check_record(repo, guarded())

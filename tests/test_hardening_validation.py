@@ -89,7 +89,7 @@ def test_a_symlinked_parent_directory_in_the_main_tree_is_never_written_through(
     # While the runner runs, the main tree's tasks/demo/sub becomes a link to a folder
     # with the same notes: the content check passes, the keep must refuse the link.
     repo.write("tasks/demo/sub/notes.md", "first\n")
-    repo.write_task(default_task(
+    repo.write_task(default_task(isolation={"mode": "none"},
         artifacts__include=["sub/notes.md"],
         mutator__command=f"{PY} {BIN}/append_line.py sub/notes.md more",
         runner__command=f"cd {shlex.quote(str(repo.path / 'tasks/demo'))} && "
@@ -108,7 +108,7 @@ def test_what_the_mutator_leaves_in_the_runtime_folders_never_reaches_the_runner
     # A planted .venv/bin/python and a prepared work/ file would fool a runner that trusts
     # them; neither is validated, so neither survives the mutator.
     seen = tmp_path / "seen"
-    repo.write_task(default_task(
+    repo.write_task(default_task(isolation={"write": [str(tmp_path)]},
         mutator__command=f"mkdir -p ../../.venv/bin ../../work && echo fake > "
                          f"../../.venv/bin/python && echo 99 > ../../work/score && {APPEND}",
         runner__command=f"ls -a ../../work ../../.venv > {shlex.quote(str(seen))} 2>&1; true"))
@@ -127,7 +127,7 @@ def test_a_process_the_mutator_left_behind_never_edits_the_candidate(
     pidfile = tmp_path / "late.pid"
     late = (f"setsid sh -c 'echo $$ > {pidfile}; sleep 0.4; echo late >> notes.md' "
             "</dev/null >/dev/null 2>&1 &")
-    repo.write_task(default_task(
+    repo.write_task(default_task(isolation={"mode": "none"},
         mutator__command=f"{late} {APPEND}; while [ ! -s {pidfile} ]; do sleep 0.01; done",
         runner__command="sleep 1"))
     repo.commit("task")

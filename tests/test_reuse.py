@@ -73,7 +73,8 @@ def messy_repo(repo: Repo, reports: Path) -> None:
     listing = f"{PY} {BIN}/list_tree.py {reports}/$LOOPENGINE_RUN_ID.json"
     for rel, task_id, reuse in (("tasks/demo/task.yaml", "demo", True),
                                 ("tasks/demo/fresh.yaml", "demo-fresh", False)):
-        task = default_task(id=task_id, mutator__command=listing,
+        task = default_task(isolation={"write": [str(reports)]},
+                            id=task_id, mutator__command=listing,
                             runner__command=f"{PY} {BIN}/damage.py")
         task["sandbox"] = {"reuse": reuse}
         repo.write_task(task, rel=rel)
@@ -139,7 +140,8 @@ def test_concurrent_runs_each_get_their_own_member(repo: Repo, isolated_env: Pat
                                                    tmp_path: Path) -> None:
     arrived = tmp_path / "arrived"
     arrived.mkdir()
-    task = default_task(mutator__command=f"{PY} {BIN}/barrier.py {arrived} 2 && "
+    task = default_task(isolation={"write": [str(tmp_path)]},
+                        mutator__command=f"{PY} {BIN}/barrier.py {arrived} 2 && "
                         f"{PY} {BIN}/append_line.py notes.md more")
     task["sandbox"] = {"reuse": True}
     repo.write_task(task)

@@ -34,6 +34,7 @@ def use_task(repo: Repo, marker: Path, *actions: str, **overrides: Any) -> None:
         "mutator__command": mutator(*actions),
         "mutator__cwd": ".",
         "runner__command": f"touch {shlex.quote(str(marker))}",
+        "isolation": {"write": [str(marker.parent)]},  # the marker reaches the test
     }
     settings.update(overrides)
     repo.write_task(default_task(**settings))

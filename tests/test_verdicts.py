@@ -36,6 +36,8 @@ class Loop:
         settings: dict[str, Any] = {
             "mutator__command": f"{PY} {BIN}/mutate.py copy {self.plan} notes.md",
             "scorer__command": scorer or self.scorer(sigma, offsets),
+            # The scorer keeps its state (and what it measured) where the test reads it.
+            "isolation": {"write": [str(self.state)]},
         }
         settings.update(overrides)
         self.repo.write(NOTES, start)
