@@ -175,8 +175,10 @@ def test_bwrap_step_writes_only_to_its_sandbox_tmp_and_write_paths(
     assert not Path(f"/var/tmp/loopengine-planted-{tag}").exists()
     assert (cache / "entry.txt").read_text() == "planted by a step\n"
     after = snapshot(repo, isolated_env)
-    assert "evil" not in after.refs and len(after.refs.splitlines()) == len(
-        before.refs.splitlines())  # the keep moved main; nothing else
+    assert "refs/heads/evil" not in after.refs
+    # the keep moved main and saved its candidate ref; nothing else
+    assert {line.split()[0] for line in after.refs.splitlines()
+            if not line.startswith("refs/loopengine/")} == {"refs/heads/main"}
     assert after.config == before.config and after.hooks == before.hooks
     assert not (repo.path / ".git" / "objects" / "ab" / "planted").exists()
     assert not (repo.path / "planted.txt").exists()
