@@ -115,6 +115,9 @@ def argv(bw: Bwrap, iso: Isolation, places: Places, cwd: Path, command: str) -> 
     hidden.append((str(root / ".venv"), "read"))
     # Read-only even where it lies in the throwaway /tmp; its secrets are hidden below.
     hidden.append((str(_real(home)), "read"))
+    # Caches (uv's lock, pip, matplotlib, models) read as they are, written to a throwaway
+    # layer: a step cannot plant anything in a cache the user installs from later.
+    hidden.append((str(_real(home / ".cache")), "cache"))
     hidden += [(str(_real(home / name)), "hide") for name in SECRETS]
     hidden += [(str(_real(Path(p))), "hide") for p in HOST_SOCKETS]
     hidden += [(str(_user_path(p, root, home)), "hide") for p in iso.hide]
@@ -124,7 +127,7 @@ def argv(bw: Bwrap, iso: Isolation, places: Places, cwd: Path, command: str) -> 
     # secret hidden inside a readable folder is hidden.
     tmpfs: list[str] = []
     for path, what in sorted(_dedup(hidden), key=lambda item: _depth(item[0])):
-        args += _mount(path, what, tmpfs)
+        args += _mount(bw, path, what, tmpfs)
     tree = str(_real(places.tree))
     args += ["--bind", tree, tree]
     for path in tmpfs:  # read-only only now: binds below them needed their mount points
@@ -155,7 +158,15 @@ def _devices() -> list[str]:
     return args
 
 
-def _mount(path: str, what: str, tmpfs: list[str]) -> list[str]:
+def _mount(bw: Bwrap, path: str, what: str, tmpfs: list[str]) -> list[str]:
+    if what == "cache":
+        if not os.path.isdir(path):
+            if not os.path.isdir(os.path.dirname(path)):
+                return []
+            os.makedirs(path, exist_ok=True)  # ~/.cache: a mount point in a read-only home
+        if bw.tmp_overlay:
+            return ["--overlay-src", path, "--tmp-overlay", path]
+        return ["--tmpfs", path]
     if what == "write":
         if not os.path.exists(path):
             os.makedirs(path, exist_ok=True)  # a cache folder the task asked for

@@ -154,7 +154,8 @@ def test_bwrap_step_writes_only_to_its_sandbox_tmp_and_write_paths(
     cache = tmp_path / "cache"
     # /tmp is a throwaway layer: writes work, and vanish with the step
     allowed = {"sandbox work/": "../../work/probe.txt", "scratch in /tmp": f"/tmp/scratch-{tag}",
-               "isolation.write": str(cache / "entry.txt")}
+               "isolation.write": str(cache / "entry.txt"),
+               "~/.cache, a throwaway layer too": str(home / ".cache" / "uv" / "lock")}
     use(repo, isolation={"mode": "bwrap", "write": [str(cache)]},
         runner__command=probe_command(
             {"write": [str(p) for p in targets.values()] + list(allowed.values())}))
@@ -172,6 +173,7 @@ def test_bwrap_step_writes_only_to_its_sandbox_tmp_and_write_paths(
     assert (home / ".bashrc").read_text() == bashrc
     assert not (home / "planted.txt").exists()
     assert not Path(f"/tmp/scratch-{tag}").exists()
+    assert not (home / ".cache" / "uv").exists()
     assert not Path(f"/var/tmp/loopengine-planted-{tag}").exists()
     assert (cache / "entry.txt").read_text() == "planted by a step\n"
     after = snapshot(repo, isolated_env)

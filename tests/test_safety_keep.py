@@ -68,7 +68,9 @@ def test_a_keep_waits_for_a_git_that_holds_the_index_lock(repo: Repo, isolated_e
     # like an IDE's `git status`; the keep comes while it is held.
     lock = repo.path / ".git" / "index.lock"
     started = tmp_path / "started"
+    # The runner watches the main repository's lock: unisolated.
     repo.write_task(default_task(
+        isolation={"mode": "none"},
         runner__command=f"touch {started}; while [ ! -e {lock} ]; do sleep 0.02; done"))
     repo.commit("a runner that waits for the lock")
     code = (f"import os, time\nwhile not os.path.exists({str(started)!r}): time.sleep(0.01)\n"
@@ -195,7 +197,8 @@ def test_a_clean_smudge_filter_keeps_the_bytes_that_were_scored(
         repo: Repo, isolated_env: Path, tmp_path: Path) -> None:
     rot13_repo(repo)
     seen = tmp_path / "seen.txt"
-    repo.write_task(default_task(runner__command=f"cat notes.md >> {seen}"))
+    repo.write_task(default_task(isolation={"write": [str(tmp_path)]},
+                                 runner__command=f"cat notes.md >> {seen}"))
     repo.commit("runner shows what it saw")
     rec = checked(repo, repo.run())
     assert rec["status"] == "keep", rec
