@@ -34,6 +34,7 @@ def campaign(repo: Repo, tmp_path: Path) -> list[dict[str, Any]]:
     """Keeps, discards, a mutator and a runner crash, repeats (so intervals), and an
     evaluation that changes half-way."""
     repo.write_task(default_task(runner__command='test -z "$FAIL_RUNNER"',
+                                 isolation={"env": ["FAIL_RUNNER"]},
                                  policy__repeats=2))
     repo.commit("task")
     lines = ["first"]

@@ -17,6 +17,8 @@ import pytest
 from conftest import Repo, default_task
 
 NOTES = "tasks/demo/notes.md"
+# The runner fails when the caller sets FAIL_RUNNER: isolated steps see only what env lets in.
+ISO = {"env": ["FAIL_RUNNER"]}
 
 
 def propose(repo: Repo, tmp_path: Path, text: str, name: str) -> Path:
@@ -40,7 +42,7 @@ def status(repo: Repo, *args: str) -> dict[str, Any]:
 @pytest.fixture
 def campaign(repo: Repo, tmp_path: Path) -> dict[str, Any]:
     """Two keeps, a discard, a mutator crash and a runner crash of the demo task."""
-    repo.write_task(default_task(runner__command='test -z "$FAIL_RUNNER"'))
+    repo.write_task(default_task(runner__command='test -z "$FAIL_RUNNER"', isolation=ISO))
     repo.commit("a runner that fails on demand")
     runs = []
     for i, text in enumerate(["first\nsecond\n", "first\nsecond\nthird\n", "first\n"]):
@@ -132,10 +134,10 @@ def test_current_is_what_the_next_run_decides(repo: Repo, tmp_path: Path,
         repo.write(NOTES, "first\nsecond\nthird\nedited by hand\n")
         repo.commit("hand edit")
     elif change == "scorer section":
-        repo.write_task(default_task(runner__command='test -z "$FAIL_RUNNER"',
+        repo.write_task(default_task(runner__command='test -z "$FAIL_RUNNER"', isolation=ISO,
                                      scorer__timeout_seconds=31))
     elif change == "description only":
-        repo.write_task(default_task(runner__command='test -z "$FAIL_RUNNER"',
+        repo.write_task(default_task(runner__command='test -z "$FAIL_RUNNER"', isolation=ISO,
                                      description="said differently"))
     base = status(repo)["tasks"][0]["baseline"]
     expected = change in ("description only", "untouched", "untracked file, untouched")

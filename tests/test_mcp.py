@@ -207,7 +207,8 @@ def test_a_run_in_flight_ends_with_its_record_when_the_server_stops(repo: Repo,
     """Closing the session while a run is under way: the run gets SIGTERM, writes its
     record (interrupted) and leaves nothing behind."""
     flag = tmp_path / "runner-started"
-    repo.write_task(default_task(runner__command=f"touch {flag}; sleep 60"))
+    repo.write_task(default_task(isolation={"write": [str(tmp_path)]},
+                                 runner__command=f"touch {flag}; sleep 60"))
     repo.commit("a slow runner")
 
     async def body(session: ClientSession) -> None:
