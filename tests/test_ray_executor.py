@@ -35,8 +35,10 @@ def cluster() -> Iterator[LocalCluster]:
 
 
 def ray_task(markers: Path, address: str, runner: str = "1", **overrides: Any) -> dict[str, Any]:
+    # The stand-in runner reports its host pid and its worker's, and kills that worker on
+    # demand: unisolated (bwrap's own PID namespace would hide both).
     task = default_task(runner__command=f"{PY} {BIN}/node_runner.py {markers} {runner}",
-                        **overrides)
+                        **{"isolation": {"mode": "none"}, **overrides})
     task["executor"] = {"kind": "ray", "address": address,
                         "resources": {"num_cpus": 1, "num_gpus": 0}}
     return task

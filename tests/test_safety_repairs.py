@@ -21,6 +21,9 @@ from conftest import PY, Repo, default_task
 from hardening_checks import checked, wait_for
 
 IDENT = ["-c", "user.name=User", "-c", "user.email=user@example.com"]
+# These steps act on the main repository by its absolute path, which only an unisolated
+# step can: the tripwire that repairs it guards mode none (bwrap hides the repository).
+UNISOLATED = {"mode": "none"}
 
 
 def start(repo: Repo, *args: str) -> subprocess.Popen[str]:
@@ -48,7 +51,7 @@ def waiting_runner(tmp_path: Path) -> tuple[str, Path, Path]:
 def test_a_commit_in_another_worktree_while_a_step_runs_is_left_alone(
         repo: Repo, tmp_path: Path) -> None:
     command, started, go = waiting_runner(tmp_path)
-    repo.write_task(default_task(runner__command=command))
+    repo.write_task(default_task(isolation=UNISOLATED, runner__command=command))
     repo.commit("a runner that waits")
     other = tmp_path / "other"
     repo.git("worktree", "add", "-q", "-b", "feature", str(other))
@@ -78,7 +81,7 @@ def test_a_fetch_that_moves_origin_while_a_step_runs_is_left_alone(
     repo.git("remote", "add", "origin", str(upstream.path))
     repo.git("fetch", "-q", "origin")
     command, started, go = waiting_runner(tmp_path)
-    repo.write_task(default_task(runner__command=command))
+    repo.write_task(default_task(isolation=UNISOLATED, runner__command=command))
     repo.commit("a runner that waits")
     proc = start(repo)
     try:
@@ -127,7 +130,7 @@ def test_a_step_that_stashes_the_users_edits_never_makes_them_unreachable(
     repo.git("add", "README.md")
     repo.write("README.md", "the user's unstaged edit on top\n")
     runner = f"git -C {shlex.quote(str(repo.path))} stash -q"
-    repo.write_task(default_task(runner__command=runner))
+    repo.write_task(default_task(isolation=UNISOLATED, runner__command=runner))
     repo.git("add", "tasks/demo/task.yaml")
     repo.git(*IDENT, "commit", "-qm", "a runner that stashes", "--", "tasks/demo/task.yaml")
     rec = checked(repo, repo.run())
@@ -164,7 +167,7 @@ def test_what_a_step_planted_before_killing_the_engine_is_put_back_by_the_next_r
     (repo.path / ".git" / "hooks").mkdir(exist_ok=True)
     script = tmp_path / "runner.sh"
     script.write_text(runner)
-    repo.write_task(default_task(runner__command=f"sh {script}"))
+    repo.write_task(default_task(isolation=UNISOLATED, runner__command=f"sh {script}"))
     repo.commit("a runner that kills the engine")
     killed = repo.run()
     assert killed.stdout == ""
