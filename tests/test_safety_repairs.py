@@ -157,11 +157,12 @@ def test_what_a_step_planted_before_killing_the_engine_is_put_back_by_the_next_r
               f"printf '#!/bin/sh\\ntouch {pwned}\\n' > {main}/.git/hooks/pre-commit\n"
               f"chmod +x {main}/.git/hooks/pre-commit\n"
               f"{PY} {tmp_path / 'kill_engine.py'}\nsleep 30\n")
-    # kill -9 $PPID, whatever sits between the step's shell and the engine.
+    # kill -9 $PPID, whatever sits between the step's shell and the engine (`python -m
+    # loopengine run`; not the reaper shim of an unisolated step).
     (tmp_path / "kill_engine.py").write_text(
         "import os, signal\npid = os.getppid()\nwhile pid > 1:\n"
         "    cmd = open(f'/proc/{pid}/cmdline', 'rb').read()\n"
-        "    if b'loopengine' in cmd and b'run' in cmd:\n"
+        "    if b'-m\\0loopengine\\0run\\0' in cmd:\n"
         "        os.kill(pid, signal.SIGKILL)\n        break\n"
         "    pid = int(open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()[1])\n")
     (repo.path / ".git" / "hooks").mkdir(exist_ok=True)
