@@ -5,7 +5,8 @@ Usage: node_runner.py MARKER_DIR SECONDS [--kill-worker | --kill-worker-once FLA
 
 Writes MARKER_DIR/<run id>.<node>.json ({pid, worker_pid, node, cwd, home}) and prints the
 same to stdout.  The worker is the process that started the step's /bin/sh (the Ray
-worker on a cluster).  --kill-worker SIGKILLs it, as the OOM killer would.
+worker on a cluster), or the reaper shim's parent.  --kill-worker SIGKILLs it, as the OOM
+killer would.
 """
 
 import json
@@ -22,6 +23,9 @@ def parent_of(pid: int) -> int:
 
 markers, seconds = sys.argv[1], float(sys.argv[2])
 worker = parent_of(os.getppid())
+with open(f"/proc/{worker}/cmdline", "rb") as fh:
+    if b"reaper.py" in fh.read():  # an unisolated step's shell runs under the reaper shim
+        worker = parent_of(worker)
 info = {"pid": os.getpid(), "worker_pid": worker, "node": os.environ.get("LOOPENGINE_TEST_NODE"),
         "cwd": os.getcwd(), "home": os.environ.get("HOME"),
         "sandbox": os.environ.get("LOOPENGINE_SANDBOX")}
