@@ -29,6 +29,8 @@ def propose(repo: Repo, guarded: Any, tmp_path: Path) -> Any:
         settings: dict[str, Any] = {
             "mutator__command": f"{PY} {BIN}/mutate.py copy {plan} notes.md",
             "scorer__command": f"{PY} {BIN}/noisy_score.py notes.md {state}",
+            # The scorer keeps its state (and what it measured) where the test reads it.
+            "isolation": {"write": [str(state)]},
         }
         settings.update(overrides)
         if start is not None:
