@@ -39,9 +39,8 @@ def test_the_readme_links_every_reference_page_and_each_exists() -> None:
                  "decisions", "isolation", "campaigns", "cluster", "views"):
         assert f"docs/{name}.md" in links, name
     assert "loopengine/guide.md" in links
-    missing = [link for link in links if not (PROJECT / link).is_file()]
-    # Pages other engineers of this round are still writing (checked again at the end).
-    assert set(missing) <= {"docs/isolation.md", "docs/campaigns.md", "docs/cluster.md"}
+    for link in links:
+        assert (PROJECT / link).is_file(), link
 
 
 def test_the_guide_covers_verdicts_the_first_baseline_and_run_id_shortcuts() -> None:

@@ -117,3 +117,15 @@ def test_uv_run_in_a_step_does_not_rebuild_the_environment(repo: Repo) -> None:
     assert "/tree/.venv" in log
     assert "Creating virtual environment" not in log and "Installed" not in log
     assert tree_digest(repo.path / ".venv") == before
+
+
+def test_under_bwrap_a_step_cannot_change_the_projects_venv(venv_repo: Repo) -> None:
+    task = yaml.safe_load(venv_repo.read("tasks/demo/task.yaml"))
+    task["runner"]["command"] = "touch .venv/planted; test ! -e .venv/planted"
+    venv_repo.write_task(task)
+    venv_repo.commit("a runner that writes into the venv")
+    rec = venv_repo.run().record
+    if rec.get("isolation") != "bwrap":
+        pytest.skip("bubblewrap does not work here: a step can write through the link")
+    assert rec["status"] == "keep", (rec["reason"], rec["log_tail"])
+    assert not (venv_repo.path / ".venv/planted").exists()
