@@ -305,11 +305,18 @@ class _Head:
         out: dict[str, bytes] = {}
         for entry in entries:
             out[entry.partition(b"\t")[2].decode("utf-8", "surrogateescape")] = entry
+        others = None
         for rel, found in dirty.items():
             if found is None:
                 out.pop(rel, None)
-            elif rel in out or fingerprint.covers(task, rel):
+            elif rel in out:
                 out[rel] = found
+            else:
+                if others is None and not task.policy.fingerprint:
+                    assert self.ctx is not None and self._tree is not None
+                    others = fingerprint.others(task, self.ctx, self._tree)
+                if fingerprint.covers(task, rel, others):
+                    out[rel] = found
         return [out[rel] for rel in sorted(out, key=lambda p: p.encode("utf-8",
                                                                         "surrogateescape"))]
 
