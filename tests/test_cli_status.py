@@ -230,7 +230,12 @@ def test_status_shows_a_real_loop_while_it_runs(repo: Repo, tmp_path: Path,
                                                 procs: list[subprocess.Popen[str]],
                                                 ending: str) -> None:
     started = tmp_path / "runner-started"
-    repo.write_task(default_task(runner__command=f"touch {started}; sleep 2"))
+    release = tmp_path / "release"
+    # The runner waits (10 s at most) until the test has looked: under load a fixed sleep
+    # can end, and the loop stop on its STOP file, before `status` has read it.
+    repo.write_task(default_task(
+        runner__command=f"touch {started}; for i in $(seq 100); do "
+                        f"[ -e {release} ] && break; sleep 0.1; done"))
     repo.commit("a slow runner")
     loop = subprocess.Popen([sys.executable, "-m", "loopengine", "loop", "--task",
                              "tasks/demo/task.yaml", "--iterations", "20"], cwd=repo.path,
@@ -249,6 +254,7 @@ def test_status_shows_a_real_loop_while_it_runs(repo: Repo, tmp_path: Path,
     if ending == "STOP file":
         (state_file.parent / "STOP").touch()
         assert status(repo)["tasks"][0]["loop"]["stop_requested"] is True
+        release.touch()
         out, err = loop.communicate(timeout=180)
         assert loop.returncode == 0, err
         assert json.loads(out)["stop_reason"]
