@@ -146,12 +146,9 @@ def test_gc_prunes_old_discards_and_crashes_never_a_keep(repo: Repo) -> None:
 
 def test_a_discarded_big_file_never_reaches_the_users_object_store(repo: Repo,
                                                                    guarded: Any) -> None:
-    """Only the ref's objects are promoted into the user's store.  The engine's own
-    objects go to a sandbox-private store once issue 9's store lands; until then the
-    engine's snapshot writes every object of the sandbox into the user's store."""
+    """Only the ref's objects are promoted into the user's store; the engine's own
+    objects live in a sandbox-private store."""
     import hashlib
-
-    import pytest
 
     data = b"x" * (5 << 20)
     blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
@@ -164,8 +161,7 @@ def test_a_discarded_big_file_never_reaches_the_users_object_store(repo: Repo,
     assert rec["status"] == "discard" and rec["ref"]
     assert repo.git("ls-tree", "-r", "--name-only", rec["ref"]).split().count(
         "tasks/demo/dump.md") == 0
-    if subprocess_ok(repo, blob):
-        pytest.xfail("the sandbox-private object store (issue 9) has not landed yet")
+    assert not subprocess_ok(repo, blob)
 
 
 def subprocess_ok(repo: Repo, sha: str) -> bool:
