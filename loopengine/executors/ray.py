@@ -39,6 +39,10 @@ from loopengine.executors.remote import Work, WorkResult
 CONNECT_TIMEOUT = 10.0
 # A cancelled task gets this long to stop its steps before its worker is killed.
 CANCEL_GRACE = 5.0
+# Joining from a batch's worker thread, Ray warns that it cannot set its SIGTERM handler:
+# the engine's own handler is the one that must stay (see connect), so say nothing.
+logging.getLogger("ray._private.worker").addFilter(
+    lambda record: "SIGTERM handler is not set" not in record.getMessage())
 _NODE_ID = re.compile(r"node[ _]id[:= ]+([0-9a-f]{56})", re.IGNORECASE)
 _connect_lock = threading.Lock()
 
