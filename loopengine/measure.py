@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from loopengine import git, stats, sync
+from loopengine import git, sandbox, stats, sync
 from loopengine.decide import Decision, Look, check_constraints, improvement, judge
 from loopengine.diff import FileChange
 from loopengine.errors import LoopError
@@ -137,11 +137,18 @@ class Integrity:
 
     def __init__(self, task: Task, sb: Sandbox) -> None:
         self.task = task
-        index = sb.index("integrity")
-        shutil.copy2(sb.start_index, index)  # copy2: keep the mtime git's racy check uses
-        self.ctx = sb.ctx.with_index(index)
+        self.sb = sb
+        self.index = sb.index("integrity")
+        self.settled = sandbox.settle(sb)
+        shutil.copy2(sb.start_index, self.index)  # copy2: keep the mtime git's racy check uses
+        self.ctx = sb.ctx.with_index(self.index)
 
     def changed(self) -> list[str]:
+        if not self.settled and sandbox.settle(self.sb):
+            # The start index is no longer racy: compare with a copy of it from now on,
+            # not re-hash the files of the checkout's last second at every check.
+            self.settled = True
+            shutil.copy2(self.sb.start_index, self.index)
         if not self._listed():
             return []
         git.run(self.ctx, "update-index", "-q", "--refresh", check=False)

@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import contextlib
 import filecmp
+import math
 import os
 import shutil
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from loopengine import git
@@ -57,9 +59,45 @@ class Sandbox:
     start_tree: str
     head: str | None
     lock_fd: int | None = None  # held while a pool member is in use; None: a fresh sandbox
+    # "settled" once the start index is not racy (``settle``); mutable, outside ==/hash.
+    marks: set[str] = field(default_factory=set, compare=False, hash=False, repr=False)
 
     def index(self, name: str) -> Path:
         return self.base / f"{name}.index"
+
+
+# The start index is refreshed once the clock is this far past the second it was written
+# in (file systems stamp files with a coarse clock that may lag ``time.time()`` a little).
+_SETTLE_MARGIN = 0.05
+
+
+def settle(sb: Sandbox) -> bool:
+    """Make the start index not racy, once the clock has left the second it was written in;
+    True when it is (then, and after).
+
+    A fresh checkout writes its files and its index in the same second: git cannot trust
+    the stat data of a file whose mtime is not older than the index (its racy-clean rule),
+    so every later ``add -A`` and ``diff-files`` against a copy of that index re-reads and
+    re-hashes those files -- the whole tree, for a tree checked out in under a second.
+    ``update-index --refresh`` in a later second compares them once and writes the index
+    again with a later mtime, so their stat data is trusted from then on.  It is safe at
+    any time, even after a step ran: only entries whose file still has the start content
+    are re-stamped, and git smudges (marks changed) a racily clean entry whose content
+    differs, so a same-size edit with its mtime put back is still seen.  The content of
+    the index (the start tree) never changes.
+    """
+    if "settled" in sb.marks:
+        return True
+    try:
+        written = sb.start_index.stat().st_mtime
+    except OSError:
+        return False
+    if time.time() < math.floor(written) + 1 + _SETTLE_MARGIN:
+        return False  # still the same second: a refresh now would be racy again
+    git.run(sb.ctx.with_index(sb.start_index), "update-index", "-q", "--refresh",
+            check=False)
+    sb.marks.add("settled")
+    return True
 
 
 def sandbox_root() -> Path:
@@ -397,6 +435,7 @@ def clear_runtime(tree: Path, venv: Path | None = None) -> None:
 def snapshot(sb: Sandbox, name: str) -> str:
     """The tree object of the sandbox as it is now, read with a fresh index."""
     index = sb.index(name)
+    settle(sb)
     shutil.copy2(sb.start_index, index)  # keeps the mtime: see _create_worktree
     try:
         return _write_tree(sb.ctx.with_index(index))
