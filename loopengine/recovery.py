@@ -110,7 +110,7 @@ def clean_leftovers(root: Path, own_run_id: str) -> list[str]:
         if _is_dead(root, name):
             try:
                 _clean(root, name, own_run_id)
-            except (LoopError, OSError, ValueError) as exc:
+            except (LoopError, OSError, ValueError, KeyError, TypeError) as exc:
                 # One run's leftovers that cannot be cleaned must not wedge every later
                 # run: say so once, and forget it.
                 _give_up(root, name, own_run_id, exc)
@@ -178,7 +178,13 @@ def _repair_git_state(root: Path, run_id: str) -> list[str]:
     before = tripwire.load(path, repo) if repo.is_git else None
     changes: list[str] = []
     if before is not None:
-        changes = tripwire.Tripwire(repo, run_id).restore(before)
+        # The dead run's last sign of life: its step's logs, or the snapshot itself.
+        folder = run_dir(root, run_id)
+        last = max((p.stat().st_mtime for p in folder.iterdir() if p.is_file()),
+                   default=path.stat().st_mtime)
+        wire = tripwire.Tripwire(repo, run_id)
+        changes = wire.restore(before, until=last + 1)
+        changes += [f"not undone: {what}" for what in wire.left]
     path.unlink(missing_ok=True)
     return changes
 
@@ -194,7 +200,8 @@ def _settle_record(root: Path, run_id: str, own_run_id: str,
     saved = _read_json(folder / "record.json")
     if saved is not None and saved.get("status") == "keep":
         # A keep recorded but not finished (its files could not be written): finish it.
-        journal.finish(root, folder)
+        with contextlib.suppress(LoopError, OSError, ValueError, KeyError, TypeError):
+            journal.finish(root, folder)
     if saved is not None:
         # Killed between record.json and the results line: append the line it lacks
         # (where save_record would have put it: the default file if the task's is unusable).

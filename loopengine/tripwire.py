@@ -156,6 +156,7 @@ class Tripwire:
         self.left: list[str] = []  # changes seen that were not the step's: left alone
         self.left_refs: set[str] = set()
         self.rescued_entries: list[str] = []
+        self.until: float | None = None
         common, own = repo.common_dir, repo.git_dir
         self.head_file = own / "HEAD"
         self.paths = [
@@ -189,8 +190,10 @@ class Tripwire:
             packed = (self.repo.common_dir / "packed-refs").read_bytes()
         except OSError:
             packed = None
-        return Snapshot(self._refs(), self._loose(), files,
-                        {str(p): _size(p) for p in reflogs}, packed, started)
+        # Reflog sizes before the refs: a ref that moves in between then shows its new
+        # reflog entry, and is judged by it (never taken for a move without one).
+        sizes = {str(p): _size(p) for p in reflogs}
+        return Snapshot(self._refs(), self._loose(), files, sizes, packed, started)
 
     def _refs(self) -> dict[str, tuple[str, str]]:
         proc = git.run(self.repo.ctx, "for-each-ref", f"--format={_FORMAT}", check=False)
@@ -217,8 +220,13 @@ class Tripwire:
 
     # -- putting back ------------------------------------------------------------
 
-    def restore(self, before: Snapshot) -> list[str]:
-        """Put back whatever differs from ``before``; says what it was, [] when nothing."""
+    def restore(self, before: Snapshot, until: float | None = None) -> list[str]:
+        """Put back whatever differs from ``before``; says what it was, [] when nothing.
+
+        ``until`` (recovery of a dead run, maybe long after its step): only what provably
+        was the step's is undone -- refs with its marks, and files last changed before
+        ``until`` (the dead run's last sign of life); what came later is the user's."""
+        self.until = until
         with locked(self.repo.root, ".tripwire.lock"):  # runs repair one at a time
             others = self._others_repairs(before.time)
             self.explained = {(kind, name, _key(old), _key(new))
@@ -405,7 +413,8 @@ class Tripwire:
             if self._other_runs_candidate(name) or name.startswith("refs/loopengine/rescued/"):
                 continue
             whose = self._whose(name, before)
-            if whose == "other" or (whose == "unknown" and self._elsewhere(name, before)):
+            if whose == "other" or (whose == "unknown" and (
+                    self.until is not None or self._elsewhere(name, before))):
                 # Never undo what the engine cannot prove the step did: say it, leave it.
                 self.left.append(f"{_describe(name, old, new)} (not this step's doing, as "
                                  "far as its reflog shows: left as it is)")
@@ -478,6 +487,8 @@ class Tripwire:
         else:
             skip = set()
             self._rescue_stash_entries(before.files.get(stash_log), after.files.get(stash_log))
+        if self.until is not None:
+            skip |= {p for p in after.files if _mtime(p) > self.until}
         changed = sorted(p for p in set(before.files) | set(after.files)
                          if before.files.get(p) != after.files.get(p)
                          and p not in skip
@@ -643,6 +654,13 @@ def _walk(path: Path, out: dict[str, Entry]) -> None:
         out[key] = Entry("big", st.st_mode, digest.digest())
     else:
         out[key] = Entry("other", st.st_mode, b"")
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.lstat(path).st_mtime
+    except OSError:
+        return 0.0
 
 
 def _size(path: Path) -> int:
