@@ -12,14 +12,23 @@ import os
 import shlex
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import PY, Repo, default_task
+from conftest import PY, Repo
+from conftest import default_task as conftest_task
 from hardening_checks import checked as check_record
 
 from loopengine import git, tripwire
 
 IDENT = "-c user.name=Evil -c user.email=evil@example.com"
+
+
+def default_task(**overrides: Any) -> dict[str, Any]:
+    """The demo task with isolation off: these steps reach the main repository and the
+    test's folders on purpose (the scenarios of an unisolated run)."""
+    overrides.setdefault("isolation", {"mode": "none"})
+    return conftest_task(**overrides)
 
 
 def attack_script(tmp_path: Path, main: Path, body: str) -> str:

@@ -20,12 +20,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Repo, assert_guarantees, default_task, snapshot
+from conftest import Repo, assert_guarantees, snapshot
+from conftest import default_task as conftest_task
 from hardening_checks import checked
 
 from loopengine import faults
 
 NOTES = "tasks/demo/notes.md"
+
+
+def default_task(**overrides: Any) -> dict[str, Any]:
+    """The demo task with isolation off: these steps reach the main repository and the
+    test's folders on purpose (the scenarios of an unisolated run)."""
+    overrides.setdefault("isolation", {"mode": "none"})
+    return conftest_task(**overrides)
 
 
 def baseline(repo: Repo) -> dict[str, Any] | None:

@@ -16,14 +16,23 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from conftest import PY, Repo, default_task
+from conftest import PY, Repo
+from conftest import default_task as conftest_task
 from hardening_checks import checked, wait_for
 
 IDENT = ["-c", "user.name=User", "-c", "user.email=user@example.com"]
 # These steps act on the main repository by its absolute path, which only an unisolated
 # step can: the tripwire that repairs it guards mode none (bwrap hides the repository).
 UNISOLATED = {"mode": "none"}
+
+
+def default_task(**overrides: Any) -> dict[str, Any]:
+    """The demo task with isolation off: these steps reach the main repository and the
+    test's folders on purpose (the scenarios of an unisolated run)."""
+    overrides.setdefault("isolation", {"mode": "none"})
+    return conftest_task(**overrides)
 
 
 def start(repo: Repo, *args: str) -> subprocess.Popen[str]:
