@@ -55,7 +55,9 @@ def test_runs_with_repeats_pool_their_noise(repo: Repo, guarded: Any, tmp_path: 
         mutator__command=f"{PY} {BIN}/mutate.py copy {plan} notes.md",
         scorer__command=f"{PY} {BIN}/noisy_score.py notes.md {state} 0 "
                         "0,0.2,-0.2,0.1,0,0.2,-0.2,0.05",
-        policy__repeats=3))
+        policy__repeats=3,
+        # The scorer keeps its call counter where the next call finds it.
+        isolation={"write": [str(state)]}))
     repo.commit("noisy task")
     plan.write_text("score: 1\nsame\n")
     first = guarded().record
