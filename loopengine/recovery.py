@@ -63,8 +63,9 @@ class Alive:
     def _write(self, name: str, data: dict[str, object]) -> None:
         (self.folder / name).write_text(json.dumps(data) + "\n")
 
-    def note_task(self, task_id: str, results_path: str) -> None:
-        self._write("meta.json", {"task_id": task_id, "results_path": results_path})
+    def note_task(self, task_id: str, results_path: str, isolation: str | None = None) -> None:
+        self._write("meta.json", {"task_id": task_id, "results_path": results_path,
+                                  "isolation": isolation})
 
     def note_sandbox(self, sb: Sandbox) -> None:
         self._write("sandbox.json", {
@@ -252,6 +253,8 @@ def trusted_meta(root: Path, meta: dict[str, object]) -> dict[str, object]:
             and results_path.split("/", 1)[0] not in (".git", ".venv") \
             and not _tracked(root, results_path):
         safe["results_path"] = results_path
+    if meta.get("isolation") in ("bwrap", "none"):
+        safe["isolation"] = meta["isolation"]
     return safe
 
 
@@ -356,6 +359,8 @@ def _lost_record(run_id: str, meta: dict[str, object], own_run_id: str) -> Recor
         crash_kind="interrupted",
         violations=[],
         log_tail=None,
+        # What its steps ran under, as the run noted it (untrusted: one of two words).
+        extra={"isolation": meta.get("isolation") or "none"},
     )
 
 

@@ -234,6 +234,7 @@ def test_status_shows_a_real_loop_while_it_runs(repo: Repo, tmp_path: Path,
     # The runner waits (10 s at most) until the test has looked: under load a fixed sleep
     # can end, and the loop stop on its STOP file, before `status` has read it.
     repo.write_task(default_task(
+        isolation={"write": [str(tmp_path)]},  # the runner and the test talk through files
         runner__command=f"touch {started}; for i in $(seq 100); do "
                         f"[ -e {release} ] && break; sleep 0.1; done"))
     repo.commit("a slow runner")

@@ -377,13 +377,16 @@ def test_bwrap_step_cannot_see_or_signal_the_engine(repo: Repo, tmp_path: Path) 
 @pytest.mark.parametrize("mode", ["bwrap", "none"])
 def test_nothing_outlives_the_step_daemon_or_pid_hopper(repo: Repo, mode: str) -> None:
     marker = f"loopengine-hopper-{uuid.uuid4().hex}"
-    daemon = f"setsid sh -c 'exec -a {marker}-daemon sleep 300' </dev/null >/dev/null 2>&1 &"
+    daemon = (f"setsid {PY} -c 'import time; time.sleep(300)' {marker}-daemon "
+              "</dev/null >/dev/null 2>&1 &")
     hopper = f"{PY} {BIN}/pid_hopper.py {marker} </dev/null >/dev/null 2>&1 &"
     use(repo, isolation={"mode": mode},
         runner__command=f"{daemon} {hopper} sleep 0.5; echo started")
     try:
         _result, rec = run(repo)
         assert rec["isolation"] == mode and rec["status"] == "keep", rec
+        log = (repo.path / "work" / "runs" / rec["run_id"] / "runner.log").read_text()
+        assert "started" in log
         assert _no_survivors(marker) == []
     finally:
         _kill(_survivors(marker))
@@ -524,3 +527,30 @@ def test_init_scaffolds_isolation_and_the_sample_task_uses_it(tmp_path: Path) ->
     assert "isolation:" in text and "mode: auto" in text
     task = load(str(r.path / "tasks/scaffolded/task.yaml"), r.path)
     assert task.isolation.mode == "auto" and task.isolation.network is False
+
+
+def test_a_killed_engine_takes_its_isolated_step_along_and_the_lost_record_says_bwrap(
+        repo: Repo, isolated_env: Path) -> None:
+    marker = f"loopengine-orphan-{uuid.uuid4().hex}"
+    use(repo, isolation={"mode": "bwrap"},
+        runner__command=f"setsid {PY} -c 'import time; time.sleep(300)' {marker} & wait")
+    engine = subprocess.Popen([PY, "-m", "loopengine", "run", "--task", "tasks/demo/task.yaml"],
+                              cwd=repo.path, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not _survivors(marker):
+            assert time.monotonic() < deadline and engine.poll() is None
+            time.sleep(0.05)
+        engine.kill()  # SIGKILL: no cleanup of its own
+        engine.wait()
+        assert _no_survivors(marker) == []  # bwrap --die-with-parent ended the namespace
+        nxt = repo.run(task="tasks/missing.yaml").record  # recovery of the dead run
+        assert nxt["crash_kind"] == "config"
+        [lost] = [r for r in repo.results() if r["run_id"] != nxt["run_id"]]
+        assert lost["status"] == "crash" and lost["isolation"] == "bwrap", lost
+        no_leftovers(repo, isolated_env)
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+        _kill(_survivors(marker))

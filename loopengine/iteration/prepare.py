@@ -12,7 +12,7 @@ from pathlib import Path
 
 from loopengine import decide as decide_mod
 from loopengine import diff as diff_mod
-from loopengine import executors, faults, fingerprint, git, pool, recovery, sandbox, sync
+from loopengine import executors, faults, fingerprint, git, isolation, pool, recovery, sandbox, sync
 from loopengine import measure as measure_mod
 from loopengine import patch as patch_mod
 from loopengine.errors import SandboxError
@@ -35,7 +35,8 @@ def prepare(run: Ledger, task_path: str, *, patch_file: Path | None = None,
     run.task = task = load_task(task_path, run.root)
     run.extra["executor"] = task.executor.kind
     executors.check_available(task)  # before anything is made: a config error
-    run.alive.note_task(task.id, task.results_path)
+    run.alive.note_task(task.id, task.results_path,
+                        isolation.task_mode(task, mutator=patch_file is None))
     run.deadline = run.t0 + task.max_seconds
     patch_input = None
     run.patched = patch_file is not None
