@@ -51,7 +51,7 @@ def test_runs_with_repeats_pool_their_noise(repo: Repo, guarded: Any, tmp_path: 
     # Call k scores 1 + offsets[k % 8]: baseline 1, 1.2, 0.8; candidate 1.1; baseline 1
     # (it grows to 1.5 x repeats = 4 runs); candidate 1.2, 0.8 -- never clear, an
     # inconclusive discard at the cap.
-    repo.write_task(default_task(isolation={"write": [str(state)]},
+    repo.write_task(default_task(
         mutator__command=f"{PY} {BIN}/mutate.py copy {plan} notes.md",
         scorer__command=f"{PY} {BIN}/noisy_score.py notes.md {state} 0 "
                         "0,0.2,-0.2,0.1,0,0.2,-0.2,0.05",
