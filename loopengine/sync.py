@@ -386,7 +386,7 @@ def _build_index(staged: Staged, repo: git.RepoInfo) -> None:
     if index.exists():
         shutil.copy2(index, staged.new_index)
     git.run(repo.ctx.with_index(staged.new_index), "update-index", "-z", "--index-info",
-            input=_index_info(staged.changes))
+            input=index_info(staged.changes))
     with open(staged.new_index, "rb") as fh:
         os.fsync(fh.fileno())
 
@@ -457,7 +457,7 @@ def make_commit(
                 git.run(ctx, "read-tree", now.head)
             else:
                 git.run(ctx, "read-tree", "--empty")
-            git.run(ctx, "update-index", "-z", "--index-info", input=_index_info(changes))
+            git.run(ctx, "update-index", "-z", "--index-info", input=index_info(changes))
             tree = git.out(ctx, "write-tree")
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -481,7 +481,8 @@ def make_commit(
     raise GitError(f"could not move {repo.branch or 'HEAD'}: it kept changing under the keep")
 
 
-def _index_info(changes: Sequence[FileChange]) -> bytes:
+def index_info(changes: Sequence[FileChange]) -> bytes:
+    """``update-index --index-info`` input that sets (or removes) exactly these paths."""
     lines = []
     for f in changes:
         if f.status == "D":
@@ -540,7 +541,7 @@ def as_checked_out(tree: Path, ctx: git.Context, changes: Sequence[FileChange]) 
 
 def update_user_index(repo: git.RepoInfo, changes: Sequence[FileChange]) -> None:
     """Point the user's index entries for the artifacts at the committed blobs, only."""
-    git.run(repo.ctx, "update-index", "-z", "--index-info", input=_index_info(changes))
+    git.run(repo.ctx, "update-index", "-z", "--index-info", input=index_info(changes))
 
 
 def _fsync_dir(path: Path) -> None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loopengine import decide as decide_mod
-from loopengine import git
+from loopengine import git, sync
 from loopengine.diff import FileChange
 from loopengine.results import printable
 from loopengine.task import Task, match_artifact
@@ -63,7 +63,7 @@ def save(repo: git.RepoInfo, source: git.Context, *, task: Task, run_id: str, st
         ctx = repo.ctx.with_index(Path(tmp) / "index")
         git.run(ctx, "read-tree", start_commit)
         if changes:
-            git.run(ctx, "update-index", "-z", "--index-info", input=_index_info(changes))
+            git.run(ctx, "update-index", "-z", "--index-info", input=sync.index_info(changes))
         tree = git.out(ctx, "write-tree")
     message = (f"loopengine({task.id}): {status} {decide_mod.fmt(score)}\n\n"
                f"{reason}\n{summary or 'no change'}\n\n"
@@ -84,16 +84,6 @@ def save(repo: git.RepoInfo, source: git.Context, *, task: Task, run_id: str, st
 def promote(repo: git.RepoInfo, source: git.Context, shas: Sequence[str]) -> None:
     """Copy into the user's object store the blobs it lacks (only these), streamed."""
     git.promote(source, repo.ctx, shas)
-
-
-def _index_info(changes: Sequence[FileChange]) -> bytes:
-    lines = []
-    for f in changes:
-        if f.status == "D":
-            lines.append(f"0 {'0' * len(f.old_sha)}\t{f.path}")
-        else:
-            lines.append(f"{f.new_mode} {f.new_sha}\t{f.path}")
-    return "\0".join(lines).encode("utf-8", "surrogateescape") + b"\0"
 
 
 @dataclass(frozen=True)
