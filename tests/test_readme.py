@@ -30,7 +30,9 @@ def test_the_readme_starts_with_what_install_the_two_commands_and_own_repository
     assert len(block) <= 10
     assert any("loopengine init" in line for line in block)
     assert any("loopengine run --task" in line for line in block)
-    assert len(README.splitlines()) < 150  # the reference lives in docs/
+    # The reference lives in docs/; the README adds only the short Campaigns, cluster and
+    # views sections that issues 12-14 ask for.
+    assert len(README.splitlines()) < 200
 
 
 def test_the_readme_links_every_reference_page_and_each_exists() -> None:
