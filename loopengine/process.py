@@ -498,3 +498,28 @@ def _kill_pid(pid: int) -> bool:
     except (ProcessLookupError, PermissionError):
         return False
     return True
+
+
+def owner_alive(pid: object, host: object = None) -> bool:
+    """Whether ``pid`` (recorded on ``host``) is still a loopengine process on this machine.
+
+    A pid on another host cannot be checked here (False); a recycled pid belongs to some
+    other program, so only a loopengine command line counts.
+    """
+    import socket
+
+    if host and host != socket.gethostname():
+        return False
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True  # no /proc here: the pid alone has to do
+    return b"loopengine" in cmdline or b"run_task" in cmdline

@@ -26,6 +26,7 @@ from loopengine import recovery
 from loopengine.campaign.batch import BatchOptions, planned_run_ids, run_batch
 from loopengine.engine import Options, run_iteration
 from loopengine.errors import Interrupted, LoopError
+from loopengine.process import owner_alive
 from loopengine.progress import Reporter
 from loopengine.results import (
     WORK_DIR,
@@ -154,20 +155,7 @@ def start_state(opts: LoopOptions) -> dict[str, Any]:
 
 def _alive(state: dict[str, Any]) -> bool:
     pid = state.get("pid")
-    if state.get("host") not in (None, socket.gethostname()) or not isinstance(pid, int):
-        return False
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return b"loopengine" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return True
+    return pid != os.getpid() and owner_alive(pid, state.get("host"))
 
 
 def _settle_current(root: Path, state: dict[str, Any]) -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import socket
 import sys
 from collections import Counter
 from collections.abc import Iterable
@@ -390,28 +389,9 @@ def loop_alive(state: dict[str, Any]) -> bool:
     # The loop writes "running" when it starts or resumes; anything else has ended.
     if state.get("stop_reason") or state.get("status", "running") != "running":
         return False
-    host = state.get("host") or state.get("hostname")
-    if host and host != socket.gethostname():
-        return False
-    pid = state.get("pid")
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return _cmdline_is_loopengine(pid)
+    from loopengine.process import owner_alive
 
-
-def _cmdline_is_loopengine(pid: int) -> bool:
-    """A recycled pid belongs to some other program: only a loopengine process counts."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return True  # no /proc here: the pid alone has to do
-    return b"loopengine" in cmdline or b"run_task" in cmdline
+    return owner_alive(state.get("pid"), state.get("host") or state.get("hostname"))
 
 
 # ---------------------------------------------------------------------------
